@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from IPython.display import display
 
-CLAIM_MIMETYPE = "application/vnd.papers-in-miniature.claim+json"
+# The claim travels in the output's metadata, which every renderer ignores and the scoreboard reads.
+CLAIM_METADATA_KEY = "papers-in-miniature/claim"
 OUTCOMES = ("reproduced", "not reproduced")
 
 
@@ -44,7 +45,7 @@ def _check_measured(measured: object) -> dict[str, float]:
     return checked
 
 
-def _format_number(value: float) -> str:
+def format_number(value: float) -> str:
     if math.isfinite(value) and value == int(value) and abs(value) < 1e12:
         return str(int(value))
     return f"{value:.4g}"
@@ -54,7 +55,7 @@ def _as_html(result: ClaimResult) -> str:
     good = result.outcome == "reproduced"
     colour = "#009E73" if good else "#D55E00"
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{_format_number(v)}</td></tr>"
+        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{format_number(v)}</td></tr>"
         for k, v in result.measured.items()
     )
     why = f"<p style='margin:0.3em 0 0'><em>Why:</em> {html.escape(result.why)}</p>" if result.why else ""
@@ -68,7 +69,7 @@ def _as_html(result: ClaimResult) -> str:
 
 
 def _as_text(result: ClaimResult) -> str:
-    numbers_ = ", ".join(f"{k} = {_format_number(v)}" for k, v in result.measured.items())
+    numbers_ = ", ".join(f"{k} = {format_number(v)}" for k, v in result.measured.items())
     why = f"\n  why: {result.why}" if result.why else ""
     return f"[{result.outcome}] {result.statement}\n  measured: {numbers_}{why}"
 
@@ -104,7 +105,8 @@ def claim(
     outcome = OUTCOMES[0] if bool(holds) else OUTCOMES[1]
     result = ClaimResult(statement.strip(), _check_measured(measured), outcome, expect, why)
     display(
-        {CLAIM_MIMETYPE: asdict(result), "text/html": _as_html(result), "text/plain": _as_text(result)},
+        {"text/html": _as_html(result), "text/plain": _as_text(result)},
+        metadata={CLAIM_METADATA_KEY: asdict(result)},
         raw=True,
     )
     if outcome != expect:
