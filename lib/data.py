@@ -23,8 +23,8 @@ DIGITS_N_CLASSES = 10
 class DataSplit:
     """Features and labels of a train / (optional validation) / test split.
 
-    ``X_*`` are float32 tensors of shape (n, d); ``y_*`` are int64 tensors of shape (n,). ``X_val`` and ``y_val``
-    are None when no validation split was carved out.
+    ``X_*`` are float32 tensors of shape (n, d); ``y_*`` are int64 tensors of shape (n,). ``X_val`` and
+    ``y_val`` are None when no validation split was carved out.
     """
 
     X_train: torch.Tensor
@@ -101,9 +101,7 @@ def digits_split(*, n_test: int = 597, n_val: int = 0, seed: int = 0) -> DataSpl
         raise ValueError(f"n_val must be 0 or at least {DIGITS_N_CLASSES} (one per class), got {n_val}")
     _check_count("seed", seed, 0, 2**32 - 1)
     X, y = load_digits(return_X_y=True)
-    X_rest, X_test, y_rest, y_test = train_test_split(
-        X, y, test_size=n_test, stratify=y, random_state=seed
-    )
+    X_rest, X_test, y_rest, y_test = train_test_split(X, y, test_size=n_test, stratify=y, random_state=seed)
     X_val = y_val = None
     if n_val:
         X_rest, X_val, y_rest, y_val = train_test_split(

@@ -32,7 +32,7 @@ def _nonzero_singular_values(name: str, matrix: object) -> np.ndarray:
 def effective_rank(matrix: np.ndarray) -> float:
     """Effective rank of Roy & Vetterli (2007): exp of the Shannon entropy of the normalised singular values.
 
-    With p_i = s_i / sum_j s_j, erank = exp(-sum_i p_i log p_i); it is N for an N x N identity and 1 for rank 1.
+    With p_i = s_i / sum_j s_j, erank = exp(-sum_i p_i log p_i): N for the N x N identity, 1 for rank 1.
     """
     s = _nonzero_singular_values("matrix", matrix)
     p = s / s.sum()
@@ -56,11 +56,11 @@ def weight_change(initial: np.ndarray, final: np.ndarray) -> float:
 
 
 def kernel_alignment(kernel_a: np.ndarray, kernel_b: np.ndarray) -> float:
-    """Alignment <K_a, K_b>_F / (||K_a||_F ||K_b||_F) of two kernel (Gram) matrices; 1 means equal up to scale."""
+    """Alignment <K_a, K_b>_F / (||K_a||_F ||K_b||_F) of two kernel matrices; 1 means equal up to scale."""
     kernel_a = _matrix("kernel_a", kernel_a)
     kernel_b = _matrix("kernel_b", kernel_b)
     if kernel_a.shape != kernel_b.shape or kernel_a.shape[0] != kernel_a.shape[1]:
-        raise ValueError(f"kernels must be square with equal shapes, got {kernel_a.shape} and {kernel_b.shape}")
+        raise ValueError(f"kernels must be square with equal shapes, got {kernel_a.shape}, {kernel_b.shape}")
     norm_a, norm_b = np.linalg.norm(kernel_a), np.linalg.norm(kernel_b)
     if norm_a == 0 or norm_b == 0:
         raise ValueError("kernels must not be zero matrices")
@@ -68,11 +68,11 @@ def kernel_alignment(kernel_a: np.ndarray, kernel_b: np.ndarray) -> float:
 
 
 def representation_alignment(hidden_a: np.ndarray, hidden_b: np.ndarray) -> float:
-    """Kernel alignment of the representation Gram matrices H_a H_a^T and H_b H_b^T (rows: trials, columns: units)."""
+    """Kernel alignment of the Gram matrices H_a H_a^T and H_b H_b^T (rows: trials, columns: units)."""
     hidden_a = _matrix("hidden_a", hidden_a)
     hidden_b = _matrix("hidden_b", hidden_b)
     if hidden_a.shape[0] != hidden_b.shape[0]:
-        raise ValueError(f"hidden_a and hidden_b need the same trials (rows), got {hidden_a.shape} and {hidden_b.shape}")
+        raise ValueError(f"hidden_a, hidden_b need equal rows (trials): {hidden_a.shape}, {hidden_b.shape}")
     return kernel_alignment(hidden_a @ hidden_a.T, hidden_b @ hidden_b.T)
 
 
@@ -81,7 +81,7 @@ def sign_similarity(activity_a: np.ndarray, activity_b: np.ndarray) -> float:
     activity_a = np.asarray(activity_a, dtype=float)
     activity_b = np.asarray(activity_b, dtype=float)
     if activity_a.shape != activity_b.shape or activity_a.size == 0:
-        raise ValueError(f"activities must be non-empty with equal shapes, got {activity_a.shape}, {activity_b.shape}")
+        raise ValueError(f"activities need equal, non-empty shapes: {activity_a.shape}, {activity_b.shape}")
     return float(np.mean(np.sign(activity_a) == np.sign(activity_b)))
 
 
@@ -92,9 +92,9 @@ def _first_output(result: object) -> torch.Tensor:
 def tangent_kernel(net: nn.Module, inputs: torch.Tensor, *, wrt: str = "recurrent_weights") -> np.ndarray:
     """Empirical neural tangent kernel K = J J^T with J = d(outputs) / d(parameter ``wrt``).
 
-    ``net(inputs)`` must return the outputs (or a tuple whose first item is them) with shape (time, trials, k) for
-    ``inputs`` of shape (time, trials, ...), each trial computed independently of the others. Rows of J are
-    ordered (trial, time, output), so K has size trials * time * k. J is built per trial with torch.func
+    ``net(inputs)`` must return the outputs (or a tuple whose first item is them) of shape (time, trials, k)
+    for ``inputs`` of shape (time, trials, ...), each trial computed independently of the others. Rows of J
+    are ordered (trial, time, output), so K has size trials * time * k. J is built per trial with torch.func
     (``vmap`` over trials of ``jacrev``), exploiting that a trial's outputs do not depend on other trials.
     """
     parameters = dict(net.named_parameters())

@@ -1,9 +1,9 @@
 """A tiny multilayer perceptron, its training loop and its evaluation, shared by the book's chapters.
 
-The trainer is deliberately plain: minibatches by tensor indexing in a seeded order, Adam or SGD, and optional
-binary masks that keep pruned weights at exactly zero (their gradients are zeroed before every step and the weights
-are multiplied by the mask after it). A hook called after every step lets a chapter change the masks (prune and
-regrow), the learning rate or anything else without copying the loop.
+The trainer is deliberately plain: minibatches by tensor indexing in a seeded order, Adam or SGD, and
+optional binary masks that keep pruned weights at exactly zero (their gradients are zeroed before every step
+and the weights are multiplied by the mask after it). A hook called after every step lets a chapter change the
+masks (prune and regrow), the learning rate or anything else without copying the loop.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ class MLP(nn.Module):
     widths:
         Layer widths, input first, number of classes last, e.g. ``(64, 128, 64, 10)``.
     init:
-        ``"torch_default"`` (PyTorch's ``nn.Linear`` initialisation: weights Kaiming-uniform with a = sqrt(5),
-        i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))), ``"glorot_normal"``
-        (weights N(0, 2/(fan_in+fan_out)), biases 0) or ``"kaiming_normal"`` (weights N(0, 2/fan_in), biases 0).
+        ``"torch_default"`` (PyTorch's ``nn.Linear`` initialisation: weights Kaiming-uniform with
+        a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))),
+        ``"glorot_normal"`` (weights N(0, 2/(fan_in+fan_out)), biases 0) or ``"kaiming_normal"``
+        (weights N(0, 2/fan_in), biases 0).
     seed:
         Seed of a private ``torch.Generator`` that draws the initial parameters; the global RNG is not used.
-        With ``init="torch_default"`` the parameters equal those of ``nn.Linear`` layers created in order after
-        ``torch.manual_seed(seed)``.
+        With ``init="torch_default"`` the parameters equal those of ``nn.Linear`` layers created in order
+        after ``torch.manual_seed(seed)``.
     """
 
     def __init__(self, widths: Sequence[int], *, init: str = "torch_default", seed: int = 0) -> None:
@@ -91,9 +92,9 @@ def initialise(model: MLP, *, init: str, seed: int) -> None:
 class History:
     """Metrics recorded during training, one entry per evaluation.
 
-    ``step[i]`` is the number of optimiser steps taken before evaluation ``i`` (0 = before training). Losses are
-    mean cross-entropies, accuracies fractions in [0, 1]; validation entries are NaN without a validation split,
-    training entries NaN unless they were requested.
+    ``step[i]`` is the number of optimiser steps taken before evaluation ``i`` (0 = before training). Losses
+    are mean cross-entropies, accuracies fractions in [0, 1]; validation entries are NaN without a validation
+    split, training entries NaN unless they were requested.
     """
 
     step: np.ndarray
@@ -115,7 +116,7 @@ class History:
         return float(self.metric(name)[-1])
 
     def early_stop_step(self) -> int:
-        """Step of the minimum validation loss (the first one if tied): the paper's early-stopping iteration."""
+        """Step of the minimum validation loss (the first if tied): the paper's early-stopping iteration."""
         if np.isnan(self.val_loss).all():
             raise ValueError("early_stop_step needs a validation split; this history has none")
         return int(self.step[int(np.nanargmin(self.val_loss))])
@@ -123,7 +124,7 @@ class History:
     def steps_to_reach(self, name: str, threshold: float) -> int | None:
         """First recorded step at which metric ``name`` reaches ``threshold``, or None if it never does.
 
-        Losses reach the threshold from above (value <= threshold), accuracies from below (value >= threshold).
+        Losses reach it from above (value <= threshold), accuracies from below (value >= threshold).
         """
         values = self.metric(name)
         reached = values <= threshold if name.endswith("loss") else values >= threshold
@@ -132,17 +133,27 @@ class History:
 
 
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Accuracy (fraction correct, ties go to the lowest class index) and mean cross-entropy of a classifier."""
+    """Accuracy (fraction correct; ties go to the lowest class) and mean cross-entropy of a classifier."""
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
-        raise ValueError(f"X must be (n, d) and y (n,) with the same n, got {tuple(X.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"X must be (n, d) and y (n,) with the same n, got {tuple(X.shape)} and {tuple(y.shape)}"
+        )
+    return _evaluate_parts(model, X, y, [X.shape[0]])[0]
+
+
+def _evaluate_parts(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: list[int]
+) -> list[tuple[float, float]]:
+    """(accuracy, loss) of consecutive parts of ``X, y`` of the given sizes, from one forward pass."""
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         logits = model(X)
-        loss = F.cross_entropy(logits, y).item()
-        accuracy = (logits.argmax(dim=1) == y).double().mean().item()
+        losses = F.cross_entropy(logits, y, reduction="none").double()
+        correct = (logits.argmax(dim=1) == y).double()
     model.train(was_training)
-    return accuracy, loss
+    parts = zip(correct.split(sizes), losses.split(sizes), strict=True)
+    return [(part_correct.mean().item(), part_loss.mean().item()) for part_correct, part_loss in parts]
 
 
 def minibatch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[torch.Tensor]:
@@ -161,7 +172,10 @@ def minibatch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[tor
 def make_optimizer(
     params, *, optimizer: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """``torch.optim.Adam`` (default betas and eps) or ``torch.optim.SGD`` over ``params``."""
+    """``torch.optim.Adam`` (default betas and eps) or ``torch.optim.SGD`` over ``params``.
+
+    Both use PyTorch's fused CPU kernels (the same update rule, about a quarter faster on tiny models).
+    """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if not lr > 0:
@@ -173,8 +187,8 @@ def make_optimizer(
     if optimizer == "adam":
         if momentum:
             raise ValueError("momentum applies to optimizer='sgd' only; Adam uses its default betas")
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
 
 
 StepHook = Callable[[int, nn.Module, torch.optim.Optimizer], None]
@@ -214,8 +228,9 @@ def train_classifier(
     lr_schedule:
         Optional ``step -> factor``; the learning rate of step ``t`` (0-based) is ``lr * lr_schedule(t)``.
     eval_every, record_train:
-        Evaluate on the validation and test sets (and, if ``record_train``, on the whole training set; otherwise
-        the training metrics are NaN) before training, every ``eval_every`` steps and after the last step.
+        Evaluate on the validation and test sets (and, if ``record_train``, on the whole training set;
+        otherwise the training metrics are NaN) before training, every ``eval_every`` steps and after the
+        last step.
     on_step:
         Optional ``hook(step, model, optimizer)`` called after each step (and after the masks are applied),
         with ``step`` = steps taken so far.
@@ -231,13 +246,22 @@ def train_classifier(
     if masks is not None:
         apply_masks(model, masks)
 
+    eval_sets = [(data.X_train, data.y_train)] if record_train else []
+    if data.has_validation:
+        eval_sets.append((data.X_val, data.y_val))
+    eval_sets.append((data.X_test, data.y_test))
+    X_eval = torch.cat([X for X, _ in eval_sets])
+    y_eval = torch.cat([y for _, y in eval_sets])
+    eval_sizes = [len(y) for _, y in eval_sets]
     records: list[tuple[float, ...]] = []
 
     def record(step: int) -> None:
-        train = evaluate(model, data.X_train, data.y_train) if record_train else (math.nan, math.nan)
-        val = evaluate(model, data.X_val, data.y_val) if data.has_validation else (math.nan, math.nan)
-        test = evaluate(model, data.X_test, data.y_test)
-        records.append((step, train[1], train[0], val[1], val[0], test[1], test[0]))
+        parts = _evaluate_parts(model, X_eval, y_eval, eval_sizes)
+        metrics = [value for accuracy, loss in parts for value in (loss, accuracy)]
+        nan_pair = [math.nan, math.nan]
+        train = metrics[:2] if record_train else nan_pair
+        val = metrics[-4:-2] if data.has_validation else nan_pair
+        records.append((step, *train, *val, *metrics[-2:]))
 
     record(0)
     model.train()

@@ -1,10 +1,10 @@
 """Unstructured pruning: binary masks over weight matrices, magnitude and random pruning, and iterative
 magnitude pruning with rewinding to the initial weights (the lottery-ticket procedure).
 
-A mask set is a ``dict`` from a parameter name (as in ``model.named_parameters()``) to a bool tensor of the same
-shape: True keeps the entry, False prunes it. Only weight matrices are pruned (parameters with two or more
-dimensions); biases are never pruned. The pruning functions never change their inputs: they return new masks,
-and a pruned entry stays pruned (masks only lose entries).
+A mask set is a ``dict`` from a parameter name (as in ``model.named_parameters()``) to a bool tensor of the
+same shape: True keeps the entry, False prunes it. Only weight matrices are pruned (parameters with two or
+more dimensions); biases are never pruned. The pruning functions never change their inputs: they return new
+masks, and a pruned entry stays pruned (masks only lose entries).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _check_rate(name: str, rate: float) -> float:
 def _layer_rates(masks: Masks, rates: Mapping[str, float] | float) -> dict[str, float]:
     if isinstance(rates, Mapping):
         if set(rates) != set(masks):
-            raise ValueError(f"rates must have exactly the keys of masks {sorted(masks)}, got {sorted(rates)}")
+            raise ValueError(f"rates must have the keys of masks, {sorted(masks)}; got {sorted(rates)}")
         return {name: _check_rate(f"rates[{name!r}]", rates[name]) for name in masks}
     rate = _check_rate("rates", rates)
     return dict.fromkeys(masks, rate)
@@ -118,7 +118,7 @@ def _check_weights(weights: Mapping[str, torch.Tensor], masks: Masks) -> None:
 
 
 def _prune_smallest(scores: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
-    """A copy of ``mask`` without the ``n_remove`` kept entries of smallest score (ties: lowest flat index)."""
+    """A copy of ``mask`` without its ``n_remove`` kept entries of smallest score (ties: lowest index)."""
     flat_scores = scores.detach().reshape(-1).to(torch.float64).clone()
     flat_scores[~mask.reshape(-1)] = math.inf
     order = torch.sort(flat_scores, stable=True).indices
@@ -132,8 +132,8 @@ def magnitude_prune_layerwise(
 ) -> Masks:
     """Per layer, remove the fraction ``rate`` of the still-kept weights with the smallest ``|w|``.
 
-    Layer ``l`` with ``n_l`` kept entries loses ``round(rate_l * n_l)`` of them (Python's round-half-to-even, as
-    ``torch.nn.utils.prune``), those of smallest magnitude, ties broken by the lowest flat index.
+    Layer ``l`` with ``n_l`` kept entries loses ``round(rate_l * n_l)`` of them (Python's round-half-to-even,
+    as ``torch.nn.utils.prune``), those of smallest magnitude, ties broken by the lowest flat index.
     ``rates`` is one rate for every layer or a ``{name: rate}`` dict over the keys of ``masks``. After ``k``
     rounds a layer of ``n`` weights keeps ``round((1 - rate)^k * n)`` entries up to one per round.
     """
@@ -152,8 +152,8 @@ def magnitude_prune_global(
     """Remove the ``ceil(rate * n)`` smallest-magnitude weights among the ``n`` still kept, over all layers.
 
     One threshold is shared by the layers of ``masks`` not named in ``ignore`` (ignored layers are returned
-    unchanged; a network's output layer is often ignored), so layers with many small weights lose more. Ties are
-    broken by layer order, then flat index.
+    unchanged; a network's output layer is often ignored), so layers with many small weights lose more. Ties
+    are broken by layer order, then flat index.
     """
     _check_weights(weights, masks)
     rate = _check_rate("rate", rate)
@@ -203,9 +203,9 @@ class ImpRound:
     """One round of iterative magnitude pruning.
 
     ``masks`` are the masks trained in this round (round 0: dense), ``remaining`` the fraction of the masked
-    weights they keep, ``ticket`` what the training function returned for the rewound network (mask applied to
-    the original initial weights), ``reinit`` what it returned for the random-reinitialisation control with the
-    same masks (None in rounds without a control).
+    weights they keep, ``ticket`` what the training function returned for the rewound network (mask applied
+    to the original initial weights), ``reinit`` what it returned for the random-reinitialisation control
+    with the same masks (None in rounds without a control).
     """
 
     round: int
@@ -227,22 +227,24 @@ def iterative_magnitude_pruning(
 ) -> list[ImpRound]:
     """Find winning tickets: train, prune, rewind to the initial weights, repeat (Frankle & Carbin, Alg. 1).
 
-    Round ``k`` (``k = 0 .. rounds``) trains a copy of ``initial_model`` (weights *and* biases at theta_0) with
-    masks ``m_k`` applied, via ``train(model, m_k)`` (which trains in place and returns anything, e.g. a
-    history); then ``m_{k+1} = prune(trained weights, m_k)``. ``initial_model`` itself is never modified.
+    Round ``k`` (``k = 0 .. rounds``) rewinds to theta_0: it copies ``initial_model`` (weights *and*
+    biases), zeroes the entries that ``m_k`` prunes and trains the copy with ``train(model, m_k)``, which must
+    train in place, keep masked entries at zero (as :func:`lib.mlp.train_classifier` does) and may return
+    anything, e.g. a history. Then ``m_{k+1} = prune(trained weights, m_k)``. ``initial_model`` is never
+    modified.
 
     Parameters
     ----------
     rounds:
-        Number of pruning steps; the function trains ``rounds + 1`` tickets and returns ``rounds + 1`` records.
+        Number of pruning steps; ``rounds + 1`` tickets are trained and ``rounds + 1`` records returned.
     prune:
         ``(weights, masks) -> new masks``, e.g. ``functools.partial(magnitude_prune_layerwise, rates=...)``.
     masks:
         Masks of round 0 (default: :func:`full_masks` of ``initial_model``, i.e. every weight matrix).
     reinit, reinit_rounds:
-        Control: in each round listed in ``reinit_rounds``, ``reinit(k)`` must return a freshly initialised model
-        of the same architecture, which is trained with the same masks ``m_k`` (the ticket's sparsity pattern
-        without its initial values).
+        Control: in each round ``k`` listed in ``reinit_rounds``, ``reinit(k)`` must return a freshly
+        initialised model of the same architecture, which is trained with the same masks ``m_k`` (the ticket's
+        sparsity pattern without its initial values).
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
@@ -258,11 +260,13 @@ def iterative_magnitude_pruning(
     history = []
     for k in range(rounds + 1):
         ticket_model = copy.deepcopy(initial_model)
+        apply_masks(ticket_model, masks)
         ticket_result = train(ticket_model, _copy(masks))
         reinit_result = None
         if k in reinit_rounds:
             control_model = reinit(k)
             check_masks(control_model, masks)
+            apply_masks(control_model, masks)
             reinit_result = train(control_model, _copy(masks))
         history.append(ImpRound(k, masks, remaining_fraction(masks), ticket_result, reinit_result))
         if k < rounds:

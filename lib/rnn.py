@@ -4,9 +4,9 @@ The network follows the rate model common in computational neuroscience,
 
     h_t = relu((1 - alpha) h_{t-1} + alpha (W_in x_t + W h_{t-1})),      y_t = W_out h_t,
 
-with no biases and h_0 = 0. The task is a small re-implementation of a perceptual decision: two noisy evidence
-channels are shown for a few steps while a fixation cue is on; when the cue goes off the network must report which
-channel was stronger. Everything random takes a ``numpy.random.Generator``.
+with no biases and h_0 = 0. The task is a small re-implementation of a perceptual decision: two noisy
+evidence channels are shown for a few steps while a fixation cue is on; when the cue goes off the network must
+report which channel was stronger. Everything random takes a ``numpy.random.Generator``.
 """
 
 from dataclasses import dataclass
@@ -81,13 +81,15 @@ class CTRNN(nn.Module):
         """
         if inputs.ndim != 3 or inputs.shape[-1] != self.input_weights.shape[1]:
             raise ValueError(
-                f"inputs must have shape (time, trials, {self.input_weights.shape[1]}), got {tuple(inputs.shape)}"
+                f"inputs must have shape (time, trials, {self.input_weights.shape[1]}), "
+                f"got {tuple(inputs.shape)}"
             )
         drive = inputs @ self.input_weights.T
         hidden = drive.new_zeros(drive.shape[1:])
         states = []
         for drive_t in drive:
-            hidden = torch.relu((1 - self.alpha) * hidden + self.alpha * (drive_t + hidden @ self.recurrent_weights.T))
+            recurrent_drive = hidden @ self.recurrent_weights.T
+            hidden = torch.relu((1 - self.alpha) * hidden + self.alpha * (drive_t + recurrent_drive))
             states.append(hidden)
         states = torch.stack(states)
         return states @ self.readout_weights.T, states
@@ -111,7 +113,7 @@ class DecisionTrials:
     """A batch of two-alternative decision trials.
 
     inputs : (time, trials, 3) float32 -- [fixation cue, evidence for choice 1, evidence for choice 2].
-    labels : (time, trials) int64 -- 0 (fixate) on stimulus steps, the correct choice (1 or 2) on the last step.
+    labels : (time, trials) int64 -- 0 (fixate) on stimulus steps, the correct choice (1 or 2) on the last.
     choice : (trials,) the correct choice; coherence : (trials,) the signal strength in percent.
     """
 
@@ -131,10 +133,11 @@ def decision_trials(
 ) -> DecisionTrials:
     """Draw trials of the two-alternative perceptual decision task.
 
-    On each of the ``n_stimulus_steps`` stimulus steps the input is ``[1, 0.5 + c/200 + noise, 0.5 - c/200 + noise]``
-    for a trial whose correct choice is 1 (channels swapped for choice 2), with coherence ``c`` drawn uniformly from
-    ``coherences`` and independent Gaussian noise of std ``noise_std`` on both evidence channels. One decision step
-    with zero input follows, on which the label is the correct choice.
+    On each of the ``n_stimulus_steps`` stimulus steps the input is
+    ``[1, 0.5 + c/200 + noise, 0.5 - c/200 + noise]`` for a trial whose correct choice is 1 (channels swapped
+    for choice 2), with coherence ``c`` drawn uniformly from ``coherences`` and independent Gaussian noise of
+    std ``noise_std`` on both evidence channels. One decision step with zero input follows, on which the label
+    is the correct choice.
     """
     n_trials = _check_positive_int("n_trials", n_trials)
     n_stimulus_steps = _check_positive_int("n_stimulus_steps", n_stimulus_steps)
@@ -158,7 +161,7 @@ def decision_trials(
 
 
 def gaussian_connectivity(n_units: int, gain: float, rng: np.random.Generator) -> np.ndarray:
-    """A random recurrent matrix with i.i.d. N(0, gain^2 / n_units) entries (spectral radius about ``gain``)."""
+    """A random recurrent matrix with i.i.d. N(0, gain^2 / n_units) entries (spectral radius ~ ``gain``)."""
     n_units = _check_positive_int("n_units", n_units)
     _check_rng(rng)
     if gain <= 0:
@@ -169,8 +172,9 @@ def gaussian_connectivity(n_units: int, gain: float, rng: np.random.Generator) -
 def truncate_rank_keep_norm(weights: np.ndarray, rank: int) -> np.ndarray:
     """Keep the top ``rank`` singular directions of ``weights``, then rescale to its Frobenius norm.
 
-    This is the low-rank initialization of Liu et al. (2024): only the *shape* of the spectrum changes, the total
-    weight magnitude ||W||_F stays the same, so any difference in learning comes from the rank, not the scale.
+    This is the low-rank initialization of Liu et al. (2024): only the *shape* of the spectrum changes, the
+    total weight magnitude ||W||_F stays the same, so differences in learning come from the rank, not the
+    scale.
     """
     weights = _as_matrix("weights", weights)
     rank = _check_positive_int("rank", rank)
@@ -187,7 +191,7 @@ def low_rank_init(n_units: int, rank: int, *, gain: float, rng: np.random.Genera
 
 
 def aligned_low_rank_init(left: np.ndarray, right: np.ndarray, frobenius_norm: float) -> np.ndarray:
-    """W0 = s * sum_k u_k v_k^T from given directions, with equal singular values and ||W0||_F = ``frobenius_norm``.
+    """W0 = s sum_k u_k v_k^T from given directions: equal singular values s, ||W0||_F = ``frobenius_norm``.
 
     ``left`` (N, r) holds the output directions u_k and ``right`` (N, r) the input directions v_k; each set is
     orthonormalised (QR, keeping the sign of each given vector) before use, so the result has rank r exactly.
@@ -195,7 +199,7 @@ def aligned_low_rank_init(left: np.ndarray, right: np.ndarray, frobenius_norm: f
     left = _as_matrix("left", np.asarray(left).reshape(len(left), -1))
     right = _as_matrix("right", np.asarray(right).reshape(len(right), -1))
     if left.shape != right.shape or left.shape[1] > left.shape[0]:
-        raise ValueError(f"left and right must both be (N, r) with r <= N, got {left.shape} and {right.shape}")
+        raise ValueError(f"left and right must both be (N, r) with r <= N, got {left.shape}, {right.shape}")
     if frobenius_norm <= 0:
         raise ValueError(f"frobenius_norm must be > 0, got {frobenius_norm}")
     bases = []
@@ -216,8 +220,9 @@ def task_aligned_directions(
     v reads the evidence: the difference of the two evidence input columns, W_in[:, 1] - W_in[:, 2], with the
     direction of the mean input-driven activity relu(W_in x_mean) projected out (so v responds to the evidence
     difference, not to the common drive). u writes into the choice readout: W_out[1] - W_out[2], restricted to
-    units that the fixation cue inhibits (W_in[:, 0] < 0, silent during the stimulus, free at the decision), then
-    made orthogonal to v. With W0 = u v^T the network carries the evidence into the readout with the correct sign.
+    units that the fixation cue inhibits (W_in[:, 0] < 0: held down during the stimulus, free at the
+    decision), then made orthogonal to v. With W0 = u v^T the network carries the evidence into the readout
+    with the correct sign.
     """
     input_weights = _as_matrix("input_weights", input_weights)
     readout_weights = _as_matrix("readout_weights", readout_weights)
@@ -243,8 +248,9 @@ def task_aligned_directions(
 class TrainingRun:
     """The record of one training run, sampled every ``check_every`` steps (step 0 included).
 
-    steps, validation_loss, weight_change (||W - W0||_F of the recurrent matrix) share one index; states holds a
-    copy of every parameter at those steps; reached says whether the target loss was reached before the cap.
+    steps, validation_loss, weight_change (||W - W0||_F of the recurrent matrix) share one index; states
+    holds a copy of every parameter at those steps; reached says whether the target loss was reached before
+    the step cap.
     """
 
     steps: np.ndarray
@@ -274,9 +280,9 @@ def train_to_loss(
     """Train every parameter of ``net`` by SGD with momentum until the validation loss is <= ``target_loss``.
 
     Batches are fresh decision trials from ``numpy.random.default_rng(data_seed)``, so runs that share a
-    ``data_seed`` see the same data stream. The validation loss (``sequence_cross_entropy`` on ``validation``) is
-    checked every ``check_every`` steps; training stops at the first check at or below the target (a matched-loss
-    comparison) or after ``max_steps``.
+    ``data_seed`` see the same data stream. The validation loss (``sequence_cross_entropy`` on ``validation``)
+    is checked every ``check_every`` steps; training stops at the first check at or below the target (a
+    matched-loss comparison) or after ``max_steps``.
     """
     if target_loss <= 0 or learning_rate <= 0 or not 0 <= momentum < 1:
         raise ValueError(

@@ -51,8 +51,8 @@ def _check_tol(tol: float) -> float:
 def laplacian_2d(m: int) -> sp.csr_matrix:
     """5-point finite-difference Laplacian on an ``m x m`` interior grid (``n = m**2`` unknowns).
 
-    Diagonal 4, -1 for each of the (up to four) grid neighbours, lexicographic order; the same matrix as MATLAB's
-    ``delsq(numgrid('S', m + 2))``.
+    Diagonal 4, -1 for each of the (up to four) grid neighbours, lexicographic order; the same matrix as
+    MATLAB's ``delsq(numgrid('S', m + 2))``.
     """
     m = _check_positive_int(m, "m")
     second_difference = sp.diags([-np.ones(m - 1), 2.0 * np.ones(m), -np.ones(m - 1)], [-1, 0, 1])
@@ -76,12 +76,13 @@ def _check_system(A: sp.spmatrix | np.ndarray, b: np.ndarray) -> tuple[sp.csr_ma
 
 def _sor_sweeps(A: sp.csr_matrix, b: np.ndarray, omega: float) -> Iterator[tuple[np.ndarray, float]]:
     """Yield ``(x_k, ||r_k|| / ||r_0||)`` for k = 1, 2, ... from ``x_0 = 0``."""
-    splitting = (sp.diags(A.diagonal() / omega) + sp.tril(A, k=-1)).tocsr()
+    splitting = (sp.diags(A.diagonal() / omega) + sp.tril(A, k=-1)).tocsc()
+    solve_lower = spla.splu(splitting, permc_spec="NATURAL", diag_pivot_thresh=0.0).solve
     x = np.zeros_like(b)
     residual = b.copy()
     initial_norm = np.linalg.norm(residual)
     while True:
-        x = x + spla.spsolve_triangular(splitting, residual, lower=True)
+        x = x + solve_lower(residual)
         residual = b - A @ x
         yield x, np.linalg.norm(residual) / initial_norm
 
@@ -91,8 +92,8 @@ def sor_iterations(
 ) -> tuple[int, np.ndarray]:
     """Solve ``A x = b`` by SOR from ``x_0 = 0``; return the iteration count ``k`` and ``x_k``.
 
-    ``k`` is the first iteration with ``||b - A x_k|| / ||b|| < tol``; if that never happens within ``max_iter``
-    iterations, ``k = max_iter`` (the cap, as in the paper's code).
+    ``k`` is the first iteration with ``||b - A x_k|| / ||b|| < tol``; if that never happens within
+    ``max_iter`` iterations, ``k = max_iter`` (the cap, as in the paper's code).
     """
     A, b = _check_system(A, b)
     omega, tol = _check_omega(omega), _check_tol(tol)
@@ -122,7 +123,8 @@ def _wavefronts(m: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Anti-diagonals ``i + j = s`` of the padded grid: (flat indices, flat indices of their 4 neighbours).
 
     Updating anti-diagonals in increasing ``s`` reproduces the lexicographic SOR sweep exactly: the neighbours
-    above and to the left of a point lie on ``s - 1`` (already updated), those below and to the right on ``s + 1``.
+    above and to the left of a point lie on ``s - 1`` (already updated), those below and to the right on
+    ``s + 1`` (not yet updated).
     """
     side = m + 2
     fronts = []
@@ -222,7 +224,7 @@ def sor_iterations_batch(
 
 
 def jacobi_spectral_radius(m: int, shift: float | np.ndarray) -> float | np.ndarray:
-    """Spectral radius ``mu = 4 cos(pi / (m + 1)) / (4 + c)`` of the Jacobi iteration for ``laplacian_2d(m) + c I``.
+    """Jacobi spectral radius ``mu = 4 cos(pi / (m + 1)) / (4 + c)`` for ``laplacian_2d(m) + c I``.
 
     Raises if ``mu >= 1`` (the shifted matrix is then not positive definite and SOR need not converge).
     """
