@@ -3,8 +3,8 @@
 Importing ``lib.book`` applies the book's plot style once.
 """
 
-from lib.book.claim import ClaimMismatch, claim
-from lib.book.explorer import explorer
+from lib.book.claims import ClaimMismatch, claim
+from lib.book.explorers import explorer
 from lib.book.seeding import seed_everything
 from lib.book.source import show_source
 from lib.book.style import apply_book_style

@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from lib.book.claim import CLAIM_METADATA_KEY, format_number
+from lib.book.claims import CLAIM_METADATA_KEY, format_number
 
 BADGE = {"reproduced": "✅ reproduced", "not reproduced": "❌ not reproduced"}
 
