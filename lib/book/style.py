@@ -22,7 +22,7 @@ BOOK_RC = {
     "legend.frameon": False,
     "lines.linewidth": 1.8,
     "image.cmap": "viridis",
-    "savefig.bbox": "tight",
+    "savefig.bbox": "tight",  # frames keep their axis labels even when a render turns layout off
 }
 
 
