@@ -88,8 +88,9 @@ class CTRNN(nn.Module):
         hidden = drive.new_zeros(drive.shape[1:])
         states = []
         for drive_t in drive:
-            recurrent_drive = hidden @ self.recurrent_weights.T
-            hidden = torch.relu((1 - self.alpha) * hidden + self.alpha * (drive_t + recurrent_drive))
+            total_drive = torch.addmm(drive_t, hidden, self.recurrent_weights.T)
+            leaky = total_drive if self.alpha == 1.0 else (1 - self.alpha) * hidden + self.alpha * total_drive
+            hidden = torch.relu(leaky)
             states.append(hidden)
         states = torch.stack(states)
         return states @ self.readout_weights.T, states

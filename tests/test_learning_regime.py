@@ -108,7 +108,7 @@ def test_sign_similarity_counts_matching_signs():
     b = np.array([[2.0, 0.0, 1.0], [1.0, 0.1, 0.5]])
     assert sign_similarity(a, b) == pytest.approx(4 / 6)
     assert sign_similarity(a, a) == 1.0
-    with pytest.raises(ValueError, match="equal shapes"):
+    with pytest.raises(ValueError, match="equal, non-empty shapes"):
         sign_similarity(a, b[:, :2])
 
 
