@@ -2,8 +2,9 @@
 
 The trainer is deliberately plain: minibatches by tensor indexing in a seeded order, Adam or SGD, and
 optional binary masks that keep pruned weights at exactly zero (their gradients are zeroed before every step
-and the weights are multiplied by the mask after it). A hook called after every step lets a chapter change the
-masks (prune and regrow), the learning rate or anything else without copying the loop.
+and the weights are multiplied by the mask after it). Two hooks, one between the backward pass and the step
+(it sees the dense gradient) and one after the step, let a chapter freeze weights, prune and regrow, or change
+the masks or the learning rate without copying the loop.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def train_classifier(
     lr_schedule: Callable[[int], float] | None = None,
     eval_every: int = 1,
     record_train: bool = False,
+    on_gradients: StepHook | None = None,
     on_step: StepHook | None = None,
 ) -> History:
     """Train ``model`` in place with minibatch cross-entropy and return the recorded :class:`History`.
@@ -231,6 +233,10 @@ def train_classifier(
         Evaluate on the validation and test sets (and, if ``record_train``, on the whole training set;
         otherwise the training metrics are NaN) before training, every ``eval_every`` steps and after the
         last step.
+    on_gradients:
+        Optional ``hook(step, model, optimizer)`` called after the backward pass of step ``step`` (1-based),
+        before the masked gradients are zeroed and before the optimiser step: it sees the dense gradient
+        (e.g. for gradient-based regrowth) and may change it (e.g. zero the gradient of frozen weights).
     on_step:
         Optional ``hook(step, model, optimizer)`` called after each step (and after the masks are applied),
         with ``step`` = steps taken so far.
@@ -271,6 +277,8 @@ def train_classifier(
                 group["lr"] = lr * lr_schedule(step - 1)
         opt.zero_grad()
         F.cross_entropy(model(data.X_train[idx]), data.y_train[idx]).backward()
+        if on_gradients is not None:
+            on_gradients(step, model, opt)
         if masks is not None:
             mask_gradients(model, masks)
         opt.step()

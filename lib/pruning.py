@@ -117,11 +117,22 @@ def _check_weights(weights: Mapping[str, torch.Tensor], masks: Masks) -> None:
             )
 
 
-def _prune_smallest(scores: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
-    """A copy of ``mask`` without its ``n_remove`` kept entries of smallest score (ties: lowest index)."""
-    flat_scores = scores.detach().reshape(-1).to(torch.float64).clone()
-    flat_scores[~mask.reshape(-1)] = math.inf
-    order = torch.sort(flat_scores, stable=True).indices
+def prune_smallest_scores(scores: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
+    """A copy of ``mask`` without its ``n_remove`` kept entries of smallest score (ties: lowest flat index).
+
+    The building block of every score-based pruner: magnitude pruning scores ``|w|``, random pruning uniform
+    noise, and saliency methods their own scores. Entries already pruned are never chosen.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError("mask must be a bool tensor")
+    if scores.shape != mask.shape:
+        raise ValueError(f"scores has shape {tuple(scores.shape)}, mask {tuple(mask.shape)}")
+    n_kept = int(mask.sum())
+    if isinstance(n_remove, bool) or not isinstance(n_remove, int) or not 0 <= n_remove <= n_kept:
+        raise ValueError(f"n_remove must be an int in [0, {n_kept}] (the kept entries), got {n_remove!r}")
+    by_score = torch.sort(scores.detach().reshape(-1), stable=True).indices
+    kept_first = torch.sort((~mask.reshape(-1)[by_score]).to(torch.uint8), stable=True).indices
+    order = by_score[kept_first]
     new_mask = mask.clone()
     new_mask.view(-1)[order[:n_remove]] = False
     return new_mask
@@ -142,18 +153,18 @@ def magnitude_prune_layerwise(
     new_masks = {}
     for name, mask in masks.items():
         n_remove = round(layer_rates[name] * int(mask.sum()))
-        new_masks[name] = _prune_smallest(weights[name].abs(), mask, n_remove)
+        new_masks[name] = prune_smallest_scores(weights[name].abs(), mask, n_remove)
     return new_masks
 
 
 def magnitude_prune_global(
     weights: Mapping[str, torch.Tensor], masks: Masks, rate: float, ignore: Iterable[str] = ()
 ) -> Masks:
-    """Remove the ``ceil(rate * n)`` smallest-magnitude weights among the ``n`` still kept, over all layers.
+    """Remove the ``ceil(rate * n)`` smallest-magnitude weights among the ``n`` still kept in all pruned layers.
 
     One threshold is shared by the layers of ``masks`` not named in ``ignore`` (ignored layers are returned
-    unchanged; a network's output layer is often ignored), so layers with many small weights lose more. Ties
-    are broken by layer order, then flat index.
+    unchanged and do not count in ``n``; a network's output layer is often ignored), so layers with many small
+    weights lose more. Ties are broken by layer order, then flat index.
     """
     _check_weights(weights, masks)
     rate = _check_rate("rate", rate)
@@ -167,7 +178,7 @@ def magnitude_prune_global(
     scores = torch.cat([weights[name].detach().abs().reshape(-1) for name in pruned])
     joint_mask = torch.cat([masks[name].reshape(-1) for name in pruned])
     n_remove = math.ceil(rate * int(joint_mask.sum()))
-    joint_new = _prune_smallest(scores, joint_mask, n_remove)
+    joint_new = prune_smallest_scores(scores, joint_mask, n_remove)
     new_masks = {name: mask.clone() for name, mask in masks.items()}
     offset = 0
     for name in pruned:
@@ -186,11 +197,9 @@ def random_prune_layerwise(masks: Masks, rates: Mapping[str, float] | float, see
     generator = torch.Generator().manual_seed(int(seed))
     new_masks = {}
     for name, mask in masks.items():
-        if mask.dtype != torch.bool:
-            raise TypeError(f"masks[{name!r}] must be a bool tensor")
         n_remove = round(layer_rates[name] * int(mask.sum()))
         scores = torch.rand(mask.shape, generator=generator)
-        new_masks[name] = _prune_smallest(scores, mask, n_remove)
+        new_masks[name] = prune_smallest_scores(scores, mask, n_remove)
     return new_masks
 
 

@@ -276,6 +276,35 @@ def test_a_hook_may_change_the_masks_in_place():
     assert torch.count_nonzero(first_row) == 0
 
 
+def test_on_gradients_sees_dense_gradients_and_can_freeze_weights():
+    data = tiny_split()
+    model = MLP((3, 10, 3), seed=0)
+    masks = full_masks(model)
+    masks["layers.0.weight"][:5] = False  # prune the first five rows
+    frozen_before = model.layers[1].weight.detach().clone()
+    pruned_grad_sizes = []
+
+    def look_and_freeze(step, model, opt):
+        pruned_grad_sizes.append(model.layers[0].weight.grad[:5].abs().sum().item())
+        model.layers[1].weight.grad.zero_()
+
+    train_classifier(
+        model,
+        data,
+        epochs=3,
+        lr=0.05,
+        optimizer="sgd",
+        batch_size=20,
+        masks=masks,
+        on_gradients=look_and_freeze,
+    )
+    assert len(pruned_grad_sizes) == 9
+    # pruned weights are 0, but their gradient is not: the hook sees it before the mask zeroes it
+    assert min(pruned_grad_sizes) > 0
+    assert torch.equal(model.layers[1].weight, frozen_before)
+    assert torch.count_nonzero(model.layers[0].weight[:5]) == 0
+
+
 @pytest.mark.parametrize(
     ("masks", "error"),
     [
