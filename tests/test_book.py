@@ -309,3 +309,16 @@ def test_sphinx_extension_drops_duplicate_scripts_in_place():
     assert context["script_files"] is scripts
     assert [(s.filename, s.attributes.get("body")) for s in scripts] == [
         ("a.js", None), (None, "const X = 1"), ("b.js", None), (None, "const Y = 2")]
+
+
+def test_numpy_scalars_display_as_plain_numbers_in_ipython():
+    from IPython.core.formatters import format_display_data
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from lib.book.display import show_numpy_scalars_plainly
+
+    InteractiveShell.instance()
+    show_numpy_scalars_plainly()
+    for value, text in [(np.float64(0.95), "0.95"), (np.float32(0.5), "0.5"), (np.int64(3), "3"),
+                        (np.bool_(True), "True")]:
+        assert format_display_data(value)[0]["text/plain"] == text
