@@ -51,9 +51,19 @@ def format_number(value: float) -> str:
     return f"{value:.4g}"
 
 
+OUTCOME_COLOURS = {"reproduced": "#009E73", "not reproduced": "#D55E00"}  # Okabe-Ito green and vermillion
+
+
+def badge_html(outcome: str) -> str:
+    """The coloured badge of an outcome (inline styles: it also shows in Jupyter, without the book's CSS)."""
+    return (
+        f"<span class='pim-badge' style='background:{OUTCOME_COLOURS[outcome]};color:white;border-radius:3px;"
+        f"padding:0.1em 0.5em;font-weight:bold;white-space:nowrap'>{outcome}</span>"
+    )
+
+
 def _as_html(result: ClaimResult) -> str:
-    good = result.outcome == "reproduced"
-    colour = "#009E73" if good else "#D55E00"
+    colour = OUTCOME_COLOURS[result.outcome]
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{format_number(v)}</td></tr>"
         for k, v in result.measured.items()
@@ -61,8 +71,7 @@ def _as_html(result: ClaimResult) -> str:
     why = f"<p style='margin:0.3em 0 0'><em>Why:</em> {html.escape(result.why)}</p>" if result.why else ""
     return (
         f"<div class='pim-claim' style='border-left:4px solid {colour};padding:0.4em 0.8em;margin:0.5em 0'>"
-        f"<span class='pim-badge' style='background:{colour};color:white;border-radius:3px;"
-        f"padding:0.1em 0.5em;font-weight:bold'>{result.outcome}</span> "
+        f"{badge_html(result.outcome)} "
         f"<span>{html.escape(result.statement)}</span>"
         f"<table style='margin:0.4em 0 0;font-size:90%'>{rows}</table>{why}</div>"
     )

@@ -8,10 +8,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from lib.book.claims import CLAIM_METADATA_KEY, format_number
-
-BADGE = {"reproduced": "✅ reproduced", "not reproduced": "❌ not reproduced"}
-
+from lib.book.claims import CLAIM_METADATA_KEY, badge_html, format_number
 
 @dataclass(frozen=True)
 class ChapterResult:
@@ -75,7 +72,7 @@ def _measured(claim: dict) -> str:
 
 
 def _outcome(claim: dict) -> str:
-    return BADGE[claim["outcome"]] + (f" ({claim['why']})" if claim.get("why") else "")
+    return badge_html(claim["outcome"]) + (f" {claim['why']}" if claim.get("why") else "")
 
 
 def scoreboard_markdown(results: list[ChapterResult]) -> str:
