@@ -22,7 +22,7 @@ book: $(STAMP)
 test: unit book browser
 
 unit: $(STAMP)
-	$(BIN)/ruff check lib tests
+	$(BIN)/ruff check lib tests scripts
 	$(BIN)/pytest -m "not browser"
 
 browser: $(STAMP)

@@ -24,9 +24,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from pages import HTML, check_page, chromium, serve  # noqa: E402
-
 from lib.book.build import CELL_TIMEOUT_SECONDS, CHAPTER_BUDGET_SECONDS, ONE_THREAD, toc_chapters  # noqa: E402
+from pages import HTML, check_page, chromium, serve  # noqa: E402
 
 BUDGETS = {"chapter_s": CHAPTER_BUDGET_SECONDS, "cold_build_s": 25 * 60, "one_changed_build_s": 2 * 60,
            "page_mb": 3.0, "slider_ms": 100}

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from lib.book.claims import CLAIM_METADATA_KEY, badge_html, format_number
 
+
 @dataclass(frozen=True)
 class ChapterResult:
     """What one executed chapter reports."""
