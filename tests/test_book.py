@@ -5,6 +5,7 @@ import io
 import itertools
 import json
 import random
+import shutil
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -322,3 +323,41 @@ def test_numpy_scalars_display_as_plain_numbers_in_ipython():
     for value, text in [(np.float64(0.95), "0.95"), (np.float32(0.5), "0.5"), (np.int64(3), "3"),
                         (np.bool_(True), "True")]:
         assert format_display_data(value)[0]["text/plain"] == text
+
+
+CHAPTER_HEADER = """---
+jupytext:
+  text_representation: {extension: .md, format_name: myst, format_version: 0.13}
+kernelspec: {display_name: Python 3, language: python, name: python3}
+paper: P99
+---
+
+# A tiny chapter
+
+```{code-cell} ipython3
+"""
+
+
+def test_build_executes_chapters_and_names_the_one_that_fails(tmp_path):
+    from jupyter_cache import get_cache
+
+    folder = Path(build.ROOT / "_build" / "test-chapters")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    good, bad = folder / "good.md", folder / "bad.md"
+    good.write_text(CHAPTER_HEADER + "from lib.book import claim\n"
+                    "claim('ok', measured={'x': 1.0}, holds=True, expect='reproduced')\n```\n")
+    bad.write_text(CHAPTER_HEADER + "x = 1\n```\n\n```{code-cell} ipython3\nraise ValueError('broken cell')\n```\n")
+    cache = get_cache(str(tmp_path / "cache"))
+    try:
+        build.sync_project(cache, [good, bad])
+        failures = build.execute(cache, [good, bad])
+        assert len(failures) == 1
+        assert failures[0].startswith("_build/test-chapters/bad.md failed to execute")
+        assert "raise ValueError('broken cell')" in failures[0] and "\x1b[" not in failures[0]
+        (result,) = build.collect(cache, [good])
+        assert (result.paper, result.title) == ("P99", "A tiny chapter")
+        assert result.summary == "1 of 1 claims reproduced"
+        assert result.seconds > 0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
