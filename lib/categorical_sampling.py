@@ -180,6 +180,18 @@ def _noise(kind: str, bits: int, eps: float, n_atoms: int) -> _Noise:
     return _Noise(kind, bits, eps, atoms, masses, start, end)
 
 
+def _tail_nodes(law: _Noise, own: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Gauss-Legendre nodes for the continuous part of the noise, in ``s = (1 - v)**(1 / y)`` for shares
+    ``own`` (a column): ``s``, ``log s``, the noise values there, and the half-width of each ``s`` interval."""
+    with np.errstate(divide="ignore", under="ignore"):
+        s_start = np.exp(law.log1mv_start / own)
+        s_end = np.exp(law.log1mv_end / own)
+    s = s_end + (s_start - s_end) * (nodes + 1) / 2
+    with np.errstate(divide="ignore"):
+        log_s = np.log(s)
+    return s, log_s, law.energy(own * log_s), (s_start - s_end) / 2
+
+
 def race_probs(
     q: np.ndarray,
     noise: str = "grid",
@@ -219,14 +231,7 @@ def race_probs(
     for start in range(0, active.size, chunk):
         index = active[start : start + chunk]
         own = shares[index][:, None]
-        # The continuous part in s = (1 - v)^(1 / y_i): s runs over [s_end, s_start].
-        with np.errstate(divide="ignore", under="ignore"):
-            s_start = np.exp(law.log1mv_start / own)
-            s_end = np.exp(law.log1mv_end / own)
-        s = s_end + (s_start - s_end) * (nodes + 1) / 2
-        with np.errstate(divide="ignore"):
-            log_s = np.log(s)
-        tail_energy = law.energy(own * log_s)
+        s, log_s, tail_energy, half_width = _tail_nodes(law, own, nodes)
         times = np.concatenate([law.atoms[None, :] / own, tail_energy / own], axis=1)
         log_surv = law.log_survival(times[:, :, None] * shares[None, None, :])
         log_surv[np.arange(index.size), :, index] = 0.0  # an entry does not race itself
@@ -235,7 +240,7 @@ def race_probs(
         with np.errstate(invalid="ignore", over="ignore"):
             flat = np.exp(log_others[:, law.atoms.size :] - (1 - own) * log_s)
         flat = np.where(s > 0, flat, 0.0)
-        tail = own[:, 0] * (flat @ weights) * (s_start - s_end)[:, 0] / 2
+        tail = own[:, 0] * (flat @ weights) * half_width[:, 0]
         probs[index] = head + tail
     return probs
 
@@ -287,20 +292,14 @@ def unmasking_race_probs(
         own = grid / total  # shares
         z = law.atoms[None, :] / grid
         head = np.exp(law.log_survival(w * z) + log_crowd(z) - law.log_survival_smooth(law.atoms)) @ law.masses
-        with np.errstate(divide="ignore", under="ignore"):
-            s_start = np.exp(law.log1mv_start / own)
-            s_end = np.exp(law.log1mv_end / own)
-        s = s_end + (s_start - s_end) * (nodes + 1) / 2
-        with np.errstate(divide="ignore"):
-            log_s = np.log(s)
-        energy = law.energy(own * log_s)
+        s, log_s, energy, half_width = _tail_nodes(law, own, nodes)
         z = energy / grid
         with np.errstate(invalid="ignore", over="ignore"):
             flat = np.exp(
                 law.log_survival(w * z) + log_crowd(z) - law.log_survival_smooth(energy) - (1 - own) * log_s
             )
         flat = np.where(s > 0, flat, 0.0)
-        tail = own[:, 0] * (flat @ weights) * (s_start - s_end)[:, 0] / 2
+        tail = own[:, 0] * (flat @ weights) * half_width[:, 0]
         ratio = (head + tail) / own[:, 0]  # win probability relative to the exact share
         shares = p / total
         if positive.min() == positive.max():

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.special import roots_legendre
 
 from lib.categorical_sampling import _check_bits, _check_weights, unmasking_race_probs
+from lib.validation import check_generator, check_positive_int
 
 __all__ = [
     "MASK",
@@ -46,18 +47,6 @@ MASK = -1
 Denoiser = Callable[[np.ndarray], np.ndarray]
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _check_rng(rng: object) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
-    return rng
 
 
 def _check_chain(initial: object, transition: object) -> tuple[np.ndarray, np.ndarray]:
@@ -73,8 +62,8 @@ def _check_chain(initial: object, transition: object) -> tuple[np.ndarray, np.nd
 
 def all_sequences(vocab_size: int, length: int) -> np.ndarray:
     """Every sequence in lexicographic order, shape ``(vocab_size ** length, length)``."""
-    vocab_size = _check_positive_int(vocab_size, "vocab_size")
-    length = _check_positive_int(length, "length")
+    vocab_size = check_positive_int(vocab_size, "vocab_size")
+    length = check_positive_int(length, "length")
     return np.array(list(itertools.product(range(vocab_size), repeat=length)), dtype=np.int64)
 
 
@@ -149,9 +138,9 @@ def first_hitting_sampler(denoise_fn: Denoiser, length: int, n_samples: int, rng
     """The first-hitting sampler for the linear schedule: with ``n`` masked tokens at time ``t`` the next
     reveal happens at ``t * u**(1/n)`` (the first of ``n`` uniform reveal times below ``t``); one masked position,
     chosen uniformly, is revealed with a token drawn from the denoiser. The denoiser never sees the time."""
-    length = _check_positive_int(length, "length")
-    n_samples = _check_positive_int(n_samples, "n_samples")
-    rng = _check_rng(rng)
+    length = check_positive_int(length, "length")
+    n_samples = check_positive_int(n_samples, "n_samples")
+    rng = check_generator(rng)
     x = np.full((n_samples, length), MASK, dtype=np.int64)
     reveal_times = np.zeros((n_samples, length))
     t = np.ones(n_samples)
@@ -173,10 +162,10 @@ def mdlm_ancestral_sampler(
     """MDLM's ancestral sampler with ``n_steps`` steps of the linear schedule. Every masked position is
     revealed with probability ``(t - s)/t`` and, if so, drawn from the denoiser, all positions of a step
     independently. With ``cache`` the denoiser is re-evaluated only for sequences that changed."""
-    length = _check_positive_int(length, "length")
-    n_steps = _check_positive_int(n_steps, "n_steps")
-    n_samples = _check_positive_int(n_samples, "n_samples")
-    rng = _check_rng(rng)
+    length = check_positive_int(length, "length")
+    n_steps = check_positive_int(n_steps, "n_steps")
+    n_samples = check_positive_int(n_samples, "n_samples")
+    rng = check_generator(rng)
     x = np.full((n_samples, length), MASK, dtype=np.int64)
     stale = np.ones(n_samples, dtype=bool)
     probs = None
@@ -218,13 +207,13 @@ def sampler_output_distribution(joint: np.ndarray, vocab_size: int, length: int,
     ``comb(n_steps, blocks) / n_steps**length``, drawing each block's tokens independently given what came
     before. ``n_steps=None`` is the first-hitting sampler (blocks of one, every order equally likely).
     """
-    vocab_size = _check_positive_int(vocab_size, "vocab_size")
-    length = _check_positive_int(length, "length")
+    vocab_size = check_positive_int(vocab_size, "vocab_size")
+    length = check_positive_int(length, "length")
     joint = np.asarray(joint, dtype=float)
     if joint.shape != (vocab_size**length,) or np.any(joint < 0) or not np.isclose(joint.sum(), 1):
         raise ValueError(f"joint must be a probability vector of length vocab_size ** length = {vocab_size**length}")
     if n_steps is not None:
-        n_steps = _check_positive_int(n_steps, "n_steps")
+        n_steps = check_positive_int(n_steps, "n_steps")
     table = joint.reshape((vocab_size,) * length)
     marginals: dict[frozenset[int], np.ndarray] = {}
 
@@ -295,7 +284,7 @@ def mdm_elbo_time(denoise_fn: Denoiser, x: np.ndarray, *, n_nodes: int = 32) -> 
     ``int_0^1 (1/t) E_{M ~ Bernoulli(t)^L}[sum_{i in M} -log p(x_i | x_M)] dt``, with the expectation over
     masks enumerated exactly and the time integral by ``n_nodes``-point Gauss-Legendre quadrature."""
     x = _check_sequence(x)
-    n_nodes = _check_positive_int(n_nodes, "n_nodes")
+    n_nodes = check_positive_int(n_nodes, "n_nodes")
     sizes, losses = _masked_losses(denoise_fn, x)
     nodes, weights = roots_legendre(n_nodes)
     t = (nodes + 1) / 2
@@ -332,11 +321,11 @@ def mdlm_token_distribution(
     """
     p = _check_weights(p, "p")
     p = p / p.sum()
-    steps = [_check_positive_int(n, "n_steps entries") for n in np.atleast_1d(n_steps).tolist()]
+    steps = [check_positive_int(n, "n_steps entries") for n in np.atleast_1d(n_steps).tolist()]
     if bits is not None:
         bits = _check_bits(bits)
     if n_evaluated_steps is not None:
-        n_evaluated_steps = _check_positive_int(n_evaluated_steps, "n_evaluated_steps")
+        n_evaluated_steps = check_positive_int(n_evaluated_steps, "n_evaluated_steps")
     max_steps = max(steps)
     grid = _step_grid(max_steps, n_evaluated_steps)
     if bits is None:

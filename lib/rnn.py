@@ -15,19 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.validation import check_generator, check_positive_int
+
 COHERENCES = (0.0, 6.4, 12.8, 25.6, 51.2)
 FIXATE, CHOICE_ONE, CHOICE_TWO = 0, 1, 2
 
 
-def _check_rng(rng: object) -> None:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _as_matrix(name: str, value: object) -> np.ndarray:
@@ -100,10 +93,10 @@ def init_io_weights(
     n_inputs: int, n_units: int, n_outputs: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Input and readout weights drawn uniformly in +-1/sqrt(fan_in), as torch's ``nn.Linear`` default."""
-    n_inputs = _check_positive_int("n_inputs", n_inputs)
-    n_units = _check_positive_int("n_units", n_units)
-    n_outputs = _check_positive_int("n_outputs", n_outputs)
-    _check_rng(rng)
+    n_inputs = check_positive_int(n_inputs, "n_inputs")
+    n_units = check_positive_int(n_units, "n_units")
+    n_outputs = check_positive_int(n_outputs, "n_outputs")
+    check_generator(rng)
     input_weights = rng.uniform(-1, 1, (n_units, n_inputs)) / np.sqrt(n_inputs)
     readout_weights = rng.uniform(-1, 1, (n_outputs, n_units)) / np.sqrt(n_units)
     return input_weights, readout_weights
@@ -140,9 +133,9 @@ def decision_trials(
     std ``noise_std`` on both evidence channels. One decision step with zero input follows, on which the label
     is the correct choice.
     """
-    n_trials = _check_positive_int("n_trials", n_trials)
-    n_stimulus_steps = _check_positive_int("n_stimulus_steps", n_stimulus_steps)
-    _check_rng(rng)
+    n_trials = check_positive_int(n_trials, "n_trials")
+    n_stimulus_steps = check_positive_int(n_stimulus_steps, "n_stimulus_steps")
+    check_generator(rng)
     if len(coherences) == 0 or min(coherences) < 0 or max(coherences) > 100:
         raise ValueError(f"coherences must be a non-empty tuple of percentages in [0, 100], got {coherences}")
     if noise_std < 0:
@@ -163,8 +156,8 @@ def decision_trials(
 
 def gaussian_connectivity(n_units: int, gain: float, rng: np.random.Generator) -> np.ndarray:
     """A random recurrent matrix with i.i.d. N(0, gain^2 / n_units) entries (spectral radius ~ ``gain``)."""
-    n_units = _check_positive_int("n_units", n_units)
-    _check_rng(rng)
+    n_units = check_positive_int(n_units, "n_units")
+    check_generator(rng)
     if gain <= 0:
         raise ValueError(f"gain must be > 0, got {gain}")
     return gain * rng.standard_normal((n_units, n_units)) / np.sqrt(n_units)
@@ -178,7 +171,7 @@ def truncate_rank_keep_norm(weights: np.ndarray, rank: int) -> np.ndarray:
     scale.
     """
     weights = _as_matrix("weights", weights)
-    rank = _check_positive_int("rank", rank)
+    rank = check_positive_int(rank, "rank")
     if rank > min(weights.shape):
         raise ValueError(f"rank must be in [1, {min(weights.shape)}], got {rank}")
     left, singular_values, right_t = np.linalg.svd(weights)
@@ -290,9 +283,9 @@ def train_to_loss(
             f"need target_loss > 0, learning_rate > 0 and momentum in [0, 1), got {target_loss}, "
             f"{learning_rate}, {momentum}"
         )
-    batch_size = _check_positive_int("batch_size", batch_size)
-    check_every = _check_positive_int("check_every", check_every)
-    max_steps = _check_positive_int("max_steps", max_steps)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    check_every = check_positive_int(check_every, "check_every")
+    max_steps = check_positive_int(max_steps, "max_steps")
     data_rng = np.random.default_rng(data_seed)
     val_inputs = torch.from_numpy(validation.inputs)
     val_labels = torch.from_numpy(validation.labels)

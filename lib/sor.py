@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from lib.validation import check_positive_int
+
 __all__ = [
     "laplacian_2d",
     "sor_iterations",
@@ -25,13 +27,6 @@ __all__ = [
     "sor_spectral_radius",
 ]
 
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 def _check_omega(omega: float) -> float:
@@ -54,7 +49,7 @@ def laplacian_2d(m: int) -> sp.csr_matrix:
     Diagonal 4, -1 for each of the (up to four) grid neighbours, lexicographic order; the same matrix as
     MATLAB's ``delsq(numgrid('S', m + 2))``.
     """
-    m = _check_positive_int(m, "m")
+    m = check_positive_int(m, "m")
     second_difference = sp.diags([-np.ones(m - 1), 2.0 * np.ones(m), -np.ones(m - 1)], [-1, 0, 1])
     identity = sp.identity(m)
     return (sp.kron(identity, second_difference) + sp.kron(second_difference, identity)).tocsr()
@@ -97,7 +92,7 @@ def sor_iterations(
     """
     A, b = _check_system(A, b)
     omega, tol = _check_omega(omega), _check_tol(tol)
-    max_iter = _check_positive_int(max_iter, "max_iter")
+    max_iter = check_positive_int(max_iter, "max_iter")
     for k, (x, relative_residual) in enumerate(_sor_sweeps(A, b, omega), start=1):
         if relative_residual < tol or k == max_iter:
             return k, x
@@ -110,7 +105,7 @@ def sor_residual_history(
     """Relative residuals ``||r_k|| / ||r_0||`` for k = 0, 1, ..., up to the SOR stopping iteration."""
     A, b = _check_system(A, b)
     omega, tol = _check_omega(omega), _check_tol(tol)
-    max_iter = _check_positive_int(max_iter, "max_iter")
+    max_iter = check_positive_int(max_iter, "max_iter")
     history = [1.0]
     for k, (_, relative_residual) in enumerate(_sor_sweeps(A, b, omega), start=1):
         history.append(relative_residual)
@@ -158,9 +153,9 @@ def sor_iterations_batch(
     (N, W) int array: the count :func:`sor_iterations` returns for each (system, omega) pair. All pairs are
     iterated together, one anti-diagonal of the grid at a time; pairs that converged are dropped.
     """
-    m = _check_positive_int(m, "m")
+    m = check_positive_int(m, "m")
     tol = _check_tol(tol)
-    max_iter = _check_positive_int(max_iter, "max_iter")
+    max_iter = check_positive_int(max_iter, "max_iter")
     shifts = np.asarray(shifts, dtype=float)
     if shifts.ndim != 1 or shifts.size == 0:
         raise ValueError(f"shifts must be a non-empty 1-D array, got shape {shifts.shape}")
@@ -228,7 +223,7 @@ def jacobi_spectral_radius(m: int, shift: float | np.ndarray) -> float | np.ndar
 
     Raises if ``mu >= 1`` (the shifted matrix is then not positive definite and SOR need not converge).
     """
-    m = _check_positive_int(m, "m")
+    m = check_positive_int(m, "m")
     shift = np.asarray(shift, dtype=float)
     mu = 4.0 * np.cos(np.pi / (m + 1)) / (4.0 + shift)
     if np.any((mu >= 1.0) | (mu < 0.0)):

@@ -11,7 +11,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import chisquare
 from scipy.stats import entropy as scipy_entropy
 
 from lib.categorical_sampling import (
@@ -23,6 +22,7 @@ from lib.categorical_sampling import (
     temperature_scaled,
     unmasking_race_probs,
 )
+from lib.stats import pooled_chisquare_pvalue
 
 EPS = 1e-10
 
@@ -54,16 +54,6 @@ def enumerated_race(q: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def pooled_chisquare(counts: np.ndarray, probs: np.ndarray) -> float:
-    """Chi-square p-value with the cells of expected count < 5 pooled into one."""
-    expected = probs / probs.sum() * counts.sum()
-    small = expected < 5
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
-
 
 # --- gumbel_argmax ---------------------------------------------------------------------------------------------
 
@@ -72,7 +62,7 @@ def pooled_chisquare(counts: np.ndarray, probs: np.ndarray) -> float:
 def test_gumbel_argmax_exact_and_float64_match_the_normalised_weights(bits):
     q = np.array([5.0, 3.0, 1.0, 0.5, 0.25, 0.25])
     draws = gumbel_argmax(q, 200_000, np.random.default_rng(0), bits=bits)
-    assert pooled_chisquare(np.bincount(draws, minlength=q.size), q) > 1e-3
+    assert pooled_chisquare_pvalue(np.bincount(draws, minlength=q.size), q) > 1e-3
 
 
 def test_gumbel_argmax_coarse_grid_matches_enumeration_of_all_uniforms_with_first_index_ties():
@@ -84,7 +74,7 @@ def test_gumbel_argmax_coarse_grid_matches_enumeration_of_all_uniforms_with_firs
         e = np.float32(EPS) - np.log(np.array(u, dtype=np.float32) + np.float32(EPS))
         counts[np.argmax(q.astype(np.float32) / e)] += 1
     draws = gumbel_argmax(q, 100_000, np.random.default_rng(1), bits=bits)
-    assert pooled_chisquare(np.bincount(draws, minlength=3), counts) > 1e-3
+    assert pooled_chisquare_pvalue(np.bincount(draws, minlength=3), counts) > 1e-3
 
 
 def test_gumbel_argmax_is_reproducible_and_in_range():
@@ -179,9 +169,9 @@ def test_race_probs_grid_but_not_truncation_explains_brute_force_sampling():
     """The discriminating check: bits = 10, V = 256 Zipf tokens at weight 1/32 against [MASK], 10**6 draws."""
     q = np.append(zipf(256) / 32, 1.0)
     counts = np.bincount(gumbel_argmax(q, 1_000_000, np.random.default_rng(2024), bits=10), minlength=q.size)
-    assert pooled_chisquare(counts, race_probs(q, "grid", bits=10)) > 0.01
-    assert pooled_chisquare(counts, race_probs(q, "truncated", bits=10)) < 1e-3
-    assert pooled_chisquare(counts, race_probs(q, "exact")) < 1e-3
+    assert pooled_chisquare_pvalue(counts, race_probs(q, "grid", bits=10)) > 0.01
+    assert pooled_chisquare_pvalue(counts, race_probs(q, "truncated", bits=10)) < 1e-3
+    assert pooled_chisquare_pvalue(counts, race_probs(q, "exact")) < 1e-3
 
 
 def test_real_float32_torch_rand_behaves_like_the_grid_model():
