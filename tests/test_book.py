@@ -148,13 +148,14 @@ def shown(monkeypatch):
 
 
 def test_claim_shows_badge_numbers_and_machine_readable_record(shown):
-    claim("Ticket matches dense", measured={"dense": 0.97, "ticket": np.float32(0.975)}, holds=True,
+    claim("Ticket matches dense", measured={"ticket": np.float32(0.975), "dense": 0.97}, holds=True,
           expect="reproduced")
     (data, metadata), = shown
     assert "reproduced" in data["text/html"] and "Ticket matches dense" in data["text/html"]
     assert "ticket = 0.975" in data["text/plain"]
     record = metadata[claim_module.CLAIM_METADATA_KEY]
-    assert record["outcome"] == "reproduced" and record["measured"]["dense"] == 0.97
+    assert record["outcome"] == "reproduced"
+    assert record["measured"] == [["ticket", 0.9750000238418579], ["dense", 0.97]]  # the author's order
 
 
 def test_claim_accepts_an_honest_negative(shown):
@@ -244,7 +245,7 @@ def notebook(claims, paper="P99", title="A paper"):
 
 
 def a_claim(outcome, why=None):
-    return {"statement": "It | works", "measured": {"acc": 0.5, "n": 3.0}, "outcome": outcome,
+    return {"statement": "It | works", "measured": [["n", 3.0], ["acc", 0.5]], "outcome": outcome,
             "expect": outcome, "why": why}
 
 
@@ -258,7 +259,7 @@ def test_scoreboard_has_one_row_per_chapter_with_claims_numbers_outcomes_and_sec
     rows = [line for line in text.splitlines() if line.startswith("| [P99")]
     assert len(rows) == 2
     assert "[P99: A paper](chapters/x/y.md)" in rows[0]
-    assert "It \\| works" in rows[0] and "acc = 0.5, n = 3" in rows[0]
+    assert "It \\| works" in rows[0] and "n = 3, acc = 0.5" in rows[0]
     assert "not reproduced</span> too small" in rows[0] and "| 12.3 |" in rows[0]
     assert "2 chapters, 2 of 4 claims reproduced" in text
     assert json.loads(json_path.read_text())[0]["paper"] == "P99"

@@ -77,6 +77,12 @@ def _as_html(result: ClaimResult) -> str:
     )
 
 
+def _as_record(result: ClaimResult) -> dict:
+    """The machine-readable claim; the numbers as [name, value] pairs, since notebooks store JSON objects with
+    sorted keys and the scoreboard should keep the author's order."""
+    return asdict(result) | {"measured": [[name, value] for name, value in result.measured.items()]}
+
+
 def _as_text(result: ClaimResult) -> str:
     numbers_ = ", ".join(f"{k} = {format_number(v)}" for k, v in result.measured.items())
     why = f"\n  why: {result.why}" if result.why else ""
@@ -115,7 +121,7 @@ def claim(
     result = ClaimResult(statement.strip(), _check_measured(measured), outcome, expect, why)
     display(
         {"text/html": _as_html(result), "text/plain": _as_text(result)},
-        metadata={CLAIM_METADATA_KEY: asdict(result)},
+        metadata={CLAIM_METADATA_KEY: _as_record(result)},
         raw=True,
     )
     if outcome != expect:

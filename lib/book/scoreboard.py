@@ -69,7 +69,7 @@ def _claims_cell(claims: list[dict], key) -> str:
 
 
 def _measured(claim: dict) -> str:
-    return ", ".join(f"{name} = {format_number(value)}" for name, value in claim["measured"].items())
+    return ", ".join(f"{name} = {format_number(value)}" for name, value in claim["measured"])
 
 
 def _outcome(claim: dict) -> str:
