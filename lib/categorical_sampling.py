@@ -25,6 +25,8 @@ from scipy.interpolate import CubicSpline
 from scipy.optimize import minimize_scalar
 from scipy.special import roots_legendre
 
+from lib.validation import check_positive_int
+
 __all__ = [
     "NOISE_MODELS",
     "noise_dtype",
@@ -66,13 +68,6 @@ def _check_eps(eps: object) -> float:
     return eps
 
 
-def _check_count(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
 
 def noise_dtype(bits: int) -> type[np.floating]:
     """The arithmetic of a uniform with ``bits`` random bits: float32 up to 24 bits (``torch.rand`` in
@@ -95,7 +90,7 @@ def gumbel_argmax(
     Returns an int array of shape ``(n_samples,)``.
     """
     q = _check_weights(q)
-    n_samples = _check_count(n_samples, "n_samples")
+    n_samples = check_positive_int(n_samples, "n_samples")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
     eps = _check_eps(eps)
@@ -217,8 +212,8 @@ def race_probs(
         raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
     bits = _check_bits(bits)
     eps = _check_eps(eps)
-    n_atoms = _check_count(n_atoms, "n_atoms")
-    n_nodes = _check_count(n_nodes, "n_nodes")
+    n_atoms = check_positive_int(n_atoms, "n_atoms")
+    n_nodes = check_positive_int(n_nodes, "n_nodes")
     shares = q / q.sum()
     if noise == "exact":
         return shares
@@ -270,9 +265,9 @@ def unmasking_race_probs(
         raise ValueError("mask_weights must be a 1-D array of finite, non-negative numbers")
     bits = _check_bits(bits)
     eps = _check_eps(eps)
-    n_atoms = _check_count(n_atoms, "n_atoms")
-    n_nodes = _check_count(n_nodes, "n_nodes")
-    n_shares = _check_count(n_shares, "n_shares", minimum=4)
+    n_atoms = check_positive_int(n_atoms, "n_atoms")
+    n_nodes = check_positive_int(n_nodes, "n_nodes")
+    n_shares = check_positive_int(n_shares, "n_shares", minimum=4)
     law = _noise("grid", bits, eps, n_atoms)
     positive = p[p > 0]
     # Crowd term Phi(z) = sum_j log S(p_j z) + z, smooth and small; z beyond 60 has weight below exp(-60).

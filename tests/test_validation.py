@@ -28,3 +28,9 @@ def test_generators_pass_and_seeds_are_rejected():
         check_generator(0, "seed_rng")
     with pytest.raises(TypeError, match="got RandomState"):
         check_generator(np.random.RandomState(0))
+
+
+def test_a_larger_minimum_is_enforced():
+    assert check_positive_int(4, "n_shares", minimum=4) == 4
+    with pytest.raises(ValueError, match="n_shares must be >= 4, got 3"):
+        check_positive_int(3, "n_shares", minimum=4)
