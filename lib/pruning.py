@@ -1,10 +1,12 @@
-"""Unstructured pruning: binary masks over weight matrices, magnitude and random pruning, and iterative
-magnitude pruning with rewinding to the initial weights (the lottery-ticket procedure).
+"""Unstructured pruning: binary masks over weight matrices, magnitude and random pruning, iterative magnitude
+pruning with rewinding to the initial weights (the lottery-ticket procedure), and the pieces of sparse training:
+Erdős–Rényi-Kernel layer densities, random masks at given densities, the cubic gradual-magnitude-pruning schedule,
+and prune-and-regrow topology updates with a cosine death rate.
 
 A mask set is a ``dict`` from a parameter name (as in ``model.named_parameters()``) to a bool tensor of the
 same shape: True keeps the entry, False prunes it. Only weight matrices are pruned (parameters with two or
 more dimensions); biases are never pruned. The pruning functions never change their inputs: they return new
-masks, and a pruned entry stays pruned (masks only lose entries).
+masks; a pruned entry stays pruned except in :func:`prune_and_regrow`, which also grows entries back.
 """
 
 from __future__ import annotations
@@ -175,9 +177,16 @@ def magnitude_prune_global(
     pruned = [name for name in masks if name not in ignore]
     if not pruned:
         raise ValueError("ignore leaves no layer to prune")
+    n_remove = math.ceil(rate * sum(int(masks[name].sum()) for name in pruned))
+    return _remove_smallest_globally(weights, masks, pruned, n_remove)
+
+
+def _remove_smallest_globally(
+    weights: Mapping[str, torch.Tensor], masks: Masks, pruned: list[str], n_remove: int
+) -> Masks:
+    """Remove the ``n_remove`` kept entries of smallest ``|w|`` pooled over the layers ``pruned``."""
     scores = torch.cat([weights[name].detach().abs().reshape(-1) for name in pruned])
     joint_mask = torch.cat([masks[name].reshape(-1) for name in pruned])
-    n_remove = math.ceil(rate * int(joint_mask.sum()))
     joint_new = prune_smallest_scores(scores, joint_mask, n_remove)
     new_masks = {name: mask.clone() for name, mask in masks.items()}
     offset = 0
@@ -281,3 +290,169 @@ def iterative_magnitude_pruning(
         if k < rounds:
             masks = prune(trained_weights(ticket_model, masks), masks)
     return history
+
+
+# --- layerwise densities, schedules and dynamic sparse training
+
+
+def _check_density(name: str, density: float) -> float:
+    if isinstance(density, bool) or not isinstance(density, int | float):
+        raise TypeError(f"{name} must be a float in (0, 1], got {type(density).__name__}")
+    if not 0 < density <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {density}")
+    return float(density)
+
+
+def erk_densities(
+    shapes: Mapping[str, tuple[int, ...]], density: float, *, mode: str = "ERK", power: float = 1.0
+) -> dict[str, float]:
+    """Per-layer densities of the Erdős–Rényi(-Kernel) rule with an overall density ``density``.
+
+    Layer ``l`` with ``n_l`` weights gets ``density_l = eps * raw_l`` with ``raw_l = (sum(shape) / prod(shape))
+    ** power`` ("ERK": every dimension, kernel dimensions included; "ER": the first two dimensions only, the same
+    for fully connected layers). ``eps`` is chosen so that ``sum_l density_l n_l = density * sum_l n_l`` exactly;
+    a layer whose density would exceed 1 is made dense and ``eps`` is solved again for the others. Small layers
+    with many inputs and outputs per weight (such as an output layer) stay denser than large square ones.
+    """
+    if mode not in ("ERK", "ER"):
+        raise ValueError(f"mode must be 'ERK' or 'ER', got {mode!r}")
+    density = _check_density("density", density)
+    if not shapes:
+        raise ValueError("shapes must name at least one layer")
+    for name, shape in shapes.items():
+        if len(shape) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+            raise ValueError(f"shapes[{name!r}] must be a tuple of >= 2 positive ints, got {shape!r}")
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    used = {name: shape if mode == "ERK" else shape[:2] for name, shape in shapes.items()}
+    raw = {name: (sum(dims) / math.prod(dims)) ** power for name, dims in used.items()}
+    budget = density * sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        sparse = [name for name in shapes if name not in dense]
+        eps = (budget - sum(sizes[name] for name in dense)) / sum(raw[name] * sizes[name] for name in sparse)
+        too_dense = [name for name in sparse if eps * raw[name] > 1]
+        if not too_dense:
+            return {name: 1.0 if name in dense else eps * raw[name] for name in shapes}
+        dense.add(max(too_dense, key=lambda name: raw[name]))
+
+
+def random_masks_at_densities(masks: Masks, densities: Mapping[str, float], seed: int) -> Masks:
+    """Random masks keeping exactly ``round(density_l * n_l)`` uniformly chosen entries of each layer.
+
+    ``masks`` gives the layers and shapes (normally :func:`full_masks`, which must keep every entry) and
+    ``densities`` a density in (0, 1] for each of its keys, e.g. from :func:`erk_densities`.
+    """
+    if set(densities) != set(masks):
+        raise ValueError(f"densities must have the keys of masks, {sorted(masks)}; got {sorted(densities)}")
+    if not all(bool(mask.all()) for mask in masks.values()):
+        raise ValueError("masks must keep every entry (start from full_masks)")
+    generator = torch.Generator().manual_seed(int(seed))
+    new_masks = {}
+    for name, mask in masks.items():
+        n_keep = round(_check_density(f"densities[{name!r}]", densities[name]) * mask.numel())
+        scores = torch.rand(mask.shape, generator=generator)
+        new_masks[name] = prune_smallest_scores(scores, mask, mask.numel() - n_keep)
+    return new_masks
+
+
+def gmp_density(step: float, *, d_init: float, d_final: float, t_start: float, t_end: float) -> float:
+    """Density of gradual magnitude pruning (Zhu & Gupta's cubic schedule) at ``step``.
+
+    ``d_init`` until ``t_start``, then ``d_final + (d_init - d_final) (1 - progress)^3`` with ``progress =
+    (step - t_start) / (t_end - t_start)``, and ``d_final`` from ``t_end`` on: fast pruning early, when the
+    network can recover, and slow near the end.
+    """
+    d_init, d_final = _check_density("d_init", d_init), _check_density("d_final", d_final)
+    if d_final > d_init:
+        raise ValueError(f"d_final must be <= d_init, got d_final={d_final}, d_init={d_init}")
+    if not t_end > t_start:
+        raise ValueError(f"t_end must be > t_start, got t_start={t_start}, t_end={t_end}")
+    progress = min(max((step - t_start) / (t_end - t_start), 0.0), 1.0)
+    return d_final + (d_init - d_final) * (1.0 - progress) ** 3
+
+
+def cosine_death_rate(step: float, *, total: float, r0: float = 0.5, eta_min: float = 0.005) -> float:
+    """Fraction of the active weights that a prune-and-regrow step replaces, annealed from ``r0`` to ``eta_min``.
+
+    ``eta_min + (r0 - eta_min) (1 + cos(pi * step / total)) / 2`` for ``0 <= step <= total``, ``eta_min`` after.
+    """
+    if not total > 0:
+        raise ValueError(f"total must be > 0, got {total}")
+    if not 0 <= eta_min <= r0 < 1:
+        raise ValueError(f"need 0 <= eta_min <= r0 < 1, got eta_min={eta_min}, r0={r0}")
+    fraction = min(max(step / total, 0.0), 1.0)
+    return eta_min + (r0 - eta_min) * (1.0 + math.cos(math.pi * fraction)) / 2.0
+
+
+def prune_to_density_global(weights: Mapping[str, torch.Tensor], masks: Masks, density: float) -> Masks:
+    """Keep the ``round(density * n)`` largest-magnitude entries among all ``n`` entries of the masked layers.
+
+    One threshold over every layer (a gradual-magnitude-pruning step); entries already pruned stay pruned, so
+    if fewer than that many are kept the masks are returned unchanged.
+    """
+    _check_weights(weights, masks)
+    density = _check_density("density", density)
+    total = sum(mask.numel() for mask in masks.values())
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    return _remove_smallest_globally(weights, masks, list(masks), max(kept - round(density * total), 0))
+
+
+def _largest_inactive(scores: torch.Tensor, allowed: torch.Tensor, n_grow: int) -> torch.Tensor:
+    """Bool tensor marking the ``n_grow`` allowed entries of largest score (ties: lowest flat index)."""
+    flat = torch.where(allowed, scores.detach().abs(), torch.full_like(scores, -1.0)).reshape(-1)
+    order = torch.sort(-flat, stable=True).indices[:n_grow]
+    grown = torch.zeros(flat.shape, dtype=torch.bool)
+    grown[order] = True
+    return grown.reshape(scores.shape)
+
+
+def prune_and_regrow(
+    weights: Mapping[str, torch.Tensor],
+    masks: Masks,
+    gradients: Mapping[str, torch.Tensor],
+    death_rate: float,
+) -> Masks:
+    """One zero-cost topology update of dynamic sparse training (RigL / GraNet's regeneration step).
+
+    Per layer, remove the ``ceil(death_rate * n_active)`` active weights of smallest ``|w|`` ("magnitude
+    death"), then activate as many inactive positions with the largest ``|gradient|`` of the dense gradient
+    ("gradient growth"); the positions just removed are not eligible. The number of active weights per layer
+    is unchanged. Regrown weights must start at zero (they are zero already if the model was kept masked), so
+    the network's function does not change at the moment of regrowth.
+    """
+    _check_weights(weights, masks)
+    _check_weights(gradients, masks)
+    if isinstance(death_rate, bool) or not isinstance(death_rate, int | float) or not 0 <= death_rate < 1:
+        raise ValueError(f"death_rate must be a float in [0, 1), got {death_rate!r}")
+    new_masks = {}
+    for name, mask in masks.items():
+        n_active = int(mask.sum())
+        n_change = min(math.ceil(death_rate * n_active), mask.numel() - n_active)
+        survivors = prune_smallest_scores(weights[name].abs(), mask, n_change)
+        grown = _largest_inactive(gradients[name], ~mask, n_change)
+        new_masks[name] = survivors | grown
+    return new_masks
+
+
+def replace_masks(masks: Masks, new_masks: Masks) -> None:
+    """Copy ``new_masks`` into the tensors of ``masks`` in place (a training loop that reads them sees it)."""
+    if set(new_masks) != set(masks):
+        raise ValueError(f"new_masks must have the keys of masks, {sorted(masks)}; got {sorted(new_masks)}")
+    for name, mask in masks.items():
+        if new_masks[name].shape != mask.shape or new_masks[name].dtype != torch.bool:
+            raise ValueError(f"new_masks[{name!r}] must be a bool tensor of shape {tuple(mask.shape)}")
+        mask.copy_(new_masks[name])
+
+
+def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, masks: Masks) -> None:
+    """Zero, in place, the optimiser's per-entry state (momentum, Adam moments) of every pruned entry.
+
+    Call it after a topology update, so that a regrown weight starts from a clean state instead of the stale
+    momentum of an earlier life.
+    """
+    check_masks(model, masks)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        for value in optimizer.state.get(params[name], {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                value.mul_(mask)

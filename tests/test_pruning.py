@@ -13,22 +13,31 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lib.data import DataSplit
-from lib.mlp import MLP, train_classifier
+from lib.mlp import MLP, make_optimizer, train_classifier
 from lib.pruning import (
     ImpRound,
     apply_masks,
     check_masks,
+    cosine_death_rate,
+    erk_densities,
     full_masks,
+    gmp_density,
     iterative_magnitude_pruning,
     magnitude_prune_global,
     magnitude_prune_layerwise,
     mask_gradients,
+    mask_optimizer_state,
     prunable_weights,
+    prune_and_regrow,
     prune_smallest_scores,
+    prune_to_density_global,
+    random_masks_at_densities,
     random_prune_layerwise,
     remaining_fraction,
+    replace_masks,
     trained_weights,
 )
+from lib.stats import pooled_chisquare_pvalue
 
 WIDTHS = (12, 20, 16, 5)
 NAMES = ("layers.0.weight", "layers.1.weight", "layers.2.weight")
@@ -445,3 +454,216 @@ def test_imp_rejects_bad_input(kwargs, match):
             prune=functools.partial(magnitude_prune_layerwise, rates=0.2),
             **kwargs,
         )
+
+
+# --- layerwise densities, schedules and dynamic sparse training
+
+
+def erk_by_root_finding(shapes, density):
+    """Independent oracle: the eps with sum_l min(1, eps raw_l) n_l = density * sum_l n_l, by bisection."""
+    from scipy.optimize import brentq
+
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
+    budget = density * sum(sizes.values())
+
+    def excess(eps):
+        return sum(min(1.0, eps * raw[n]) * sizes[n] for n in shapes) - budget
+
+    eps = brentq(excess, 0.0, 1.0 / min(raw.values()) + 1.0, xtol=1e-14)
+    return {n: min(1.0, eps * raw[n]) for n in shapes}
+
+
+def test_erk_densities_by_hand():
+    densities = erk_densities({"a": (64, 256), "b": (256, 10)}, 0.1)
+    assert densities["a"] == pytest.approx(0.063140, abs=1e-6)
+    assert densities["b"] == pytest.approx(0.335904, abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 300), st.integers(1, 300)), min_size=1, max_size=5),
+    st.floats(0.01, 1.0),
+)
+def test_erk_densities_match_root_finding_and_keep_the_budget(dims, density):
+    shapes = {f"layer{i}": shape for i, shape in enumerate(dims)}
+    densities = erk_densities(shapes, density)
+    oracle = erk_by_root_finding(shapes, density)
+    assert all(0 < d <= 1 for d in densities.values())
+    for name in shapes:
+        assert densities[name] == pytest.approx(oracle[name], rel=1e-7, abs=1e-9)
+    kept = sum(densities[n] * math.prod(s) for n, s in shapes.items())
+    assert kept == pytest.approx(density * sum(math.prod(s) for s in shapes.values()), rel=1e-9)
+
+
+def test_erk_makes_small_layers_dense_and_er_ignores_kernel_dimensions():
+    densities = erk_densities({"big": (1000, 1000), "small": (2, 10)}, 0.5)
+    assert densities["small"] == 1.0
+    assert densities["big"] == pytest.approx((0.5 * 1_000_020 - 20) / 1_000_000)
+    conv = {"conv": (16, 8, 3, 3), "fc": (10, 64)}
+    assert erk_densities(conv, 0.2, mode="ER") != erk_densities(conv, 0.2, mode="ERK")
+    two_dims = {"conv": (16, 8), "fc": (10, 64)}
+    er, er_2d = erk_densities(conv, 0.2, mode="ER"), erk_densities(two_dims, 0.2, mode="ER")
+    assert er["conv"] / er["fc"] == pytest.approx(er_2d["conv"] / er_2d["fc"])
+    assert erk_densities(two_dims, 0.2, mode="ER") == erk_densities(two_dims, 0.2, mode="ERK")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shapes": {"a": (4, 4)}, "density": 0.0}, "density"),
+        ({"shapes": {"a": (4, 4)}, "density": 1.5}, "density"),
+        ({"shapes": {"a": (4, 4)}, "density": 0.5, "mode": "erk"}, "mode"),
+        ({"shapes": {}, "density": 0.5}, "shapes"),
+        ({"shapes": {"a": (4,)}, "density": 0.5}, "shapes"),
+        ({"shapes": {"a": (4, 0)}, "density": 0.5}, "shapes"),
+    ],
+)
+def test_erk_densities_reject_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        erk_densities(**kwargs)
+
+
+def test_random_masks_at_densities_keep_exact_counts_uniformly():
+    densities = {"layers.0.weight": 0.25, "layers.1.weight": 0.5, "layers.2.weight": 1.0}
+    counts = torch.zeros(SHAPES["layers.0.weight"])
+    for seed in range(400):
+        masks = random_masks_at_densities(ones(), densities, seed=seed)
+        for name, d in densities.items():
+            assert int(masks[name].sum()) == round(d * math.prod(SHAPES[name]))
+        counts += masks["layers.0.weight"]
+    assert not torch.equal(
+        random_masks_at_densities(ones(), densities, 0)["layers.0.weight"],
+        random_masks_at_densities(ones(), densities, 1)["layers.0.weight"],
+    )
+    probs = np.full(counts.numel(), 1 / counts.numel())
+    assert pooled_chisquare_pvalue(counts.reshape(-1).numpy(), probs) > 1e-3
+
+
+def test_random_masks_at_densities_reject_bad_input():
+    with pytest.raises(ValueError, match="keys"):
+        random_masks_at_densities(ones(), {"layers.0.weight": 0.5}, seed=0)
+    with pytest.raises(ValueError, match="densities"):
+        random_masks_at_densities(ones(), dict.fromkeys(NAMES, 0.0), seed=0)
+    half = random_masks_at_densities(ones(), dict.fromkeys(NAMES, 0.5), seed=0)
+    with pytest.raises(ValueError, match="full_masks"):
+        random_masks_at_densities(half, dict.fromkeys(NAMES, 0.5), seed=0)
+
+
+def test_gmp_density_closed_form():
+    kwargs = {"d_init": 1.0, "d_final": 0.02, "t_start": 10, "t_end": 110}
+    assert gmp_density(0, **kwargs) == 1.0
+    assert gmp_density(10, **kwargs) == 1.0
+    assert gmp_density(60, **kwargs) == pytest.approx(0.02 + 0.98 / 8)
+    assert gmp_density(110, **kwargs) == pytest.approx(0.02)
+    assert gmp_density(500, **kwargs) == pytest.approx(0.02)
+    values = [gmp_density(t, **kwargs) for t in range(0, 120)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    with pytest.raises(ValueError, match="d_final"):
+        gmp_density(0, d_init=0.5, d_final=0.6, t_start=0, t_end=1)
+    with pytest.raises(ValueError, match="t_end"):
+        gmp_density(0, d_init=1.0, d_final=0.1, t_start=5, t_end=5)
+
+
+def test_cosine_death_rate_closed_form():
+    assert cosine_death_rate(0, total=100) == pytest.approx(0.5)
+    assert cosine_death_rate(50, total=100) == pytest.approx((0.5 + 0.005) / 2)
+    assert cosine_death_rate(100, total=100) == pytest.approx(0.005)
+    assert cosine_death_rate(250, total=100) == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="total"):
+        cosine_death_rate(0, total=0)
+    with pytest.raises(ValueError, match="eta_min"):
+        cosine_death_rate(0, total=10, r0=0.1, eta_min=0.2)
+
+
+def test_prune_to_density_global_matches_torch_global_unstructured():
+    weights = random_weights(3)
+    density = 0.3
+    model = MLP(WIDTHS)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in weights:
+                p.copy_(weights[name])
+    total = sum(w.numel() for w in weights.values())
+    modules = [(model.layers[i], "weight") for i in range(3)]
+    torch_prune.global_unstructured(
+        modules, pruning_method=torch_prune.L1Unstructured, amount=total - round(density * total)
+    )
+    masks = prune_to_density_global(weights, ones(), density)
+    for i, name in enumerate(NAMES):
+        assert torch.equal(masks[name], model.layers[i].weight_mask.bool())
+    again = prune_to_density_global(weights, masks, 0.5)
+    assert all(torch.equal(again[n], masks[n]) for n in NAMES)
+
+
+def test_prune_and_regrow_against_brute_force():
+    weights = random_weights(4)
+    gradients = random_weights(5)
+    masks = random_masks_at_densities(ones(), dict.fromkeys(NAMES, 0.4), seed=2)
+    new = prune_and_regrow(weights, masks, gradients, death_rate=0.3)
+    for name in NAMES:
+        mask, w, g = masks[name].reshape(-1), weights[name].reshape(-1), gradients[name].reshape(-1)
+        active = [i for i in range(mask.numel()) if mask[i]]
+        inactive = [i for i in range(mask.numel()) if not mask[i]]
+        n_change = math.ceil(0.3 * len(active))
+        died = set(sorted(active, key=lambda i: abs(float(w[i])))[:n_change])
+        grown = set(sorted(inactive, key=lambda i: -abs(float(g[i])))[:n_change])
+        expected = (set(active) - died) | grown
+        assert set(torch.nonzero(new[name].reshape(-1)).reshape(-1).tolist()) == expected
+        assert int(new[name].sum()) == int(masks[name].sum())
+        assert not died & grown
+
+
+def test_prune_and_regrow_reject_bad_input():
+    with pytest.raises(ValueError, match="death_rate"):
+        prune_and_regrow(random_weights(0), ones(), random_weights(1), death_rate=1.0)
+    with pytest.raises(ValueError, match="weights"):
+        prune_and_regrow({"layers.0.weight": torch.zeros(20, 12)}, ones(), random_weights(1), 0.1)
+
+
+def test_replace_masks_in_place_and_mask_optimizer_state():
+    model = MLP(WIDTHS, seed=0)
+    masks = full_masks(model)
+    alias = masks["layers.0.weight"]
+    half = random_prune_layerwise(masks, 0.5, seed=1)
+    replace_masks(masks, half)
+    assert alias is masks["layers.0.weight"] and torch.equal(alias, half["layers.0.weight"])
+    with pytest.raises(ValueError, match="keys"):
+        replace_masks(masks, {"layers.0.weight": half["layers.0.weight"]})
+    for name, opt_kwargs in [("sgd", {"momentum": 0.9}), ("adam", {})]:
+        opt = make_optimizer(model.parameters(), optimizer=name, lr=0.1, **opt_kwargs)
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        mask_optimizer_state(opt, model, masks)
+        params = dict(model.named_parameters())
+        for pname, mask in masks.items():
+            for value in opt.state[params[pname]].values():
+                if value.shape == mask.shape:
+                    assert bool((value[~mask] == 0).all()) and bool((value[mask] != 0).all())
+
+
+def test_dynamic_sparse_training_keeps_the_density():
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 12, generator=generator)
+    y = torch.randint(0, 5, (64,), generator=generator)
+    data = DataSplit(X, y, X, y)
+    model = MLP(WIDTHS, seed=0)
+    masks = random_masks_at_densities(full_masks(model), dict.fromkeys(NAMES, 0.3), seed=0)
+    counts = {n: int(m.sum()) for n, m in masks.items()}
+    changed = []
+
+    def regrow(step, model, opt):
+        params = dict(model.named_parameters())
+        grads = {n: params[n].grad.clone() for n in masks}
+        new = prune_and_regrow(trained_weights(model, masks), masks, grads, 0.2)
+        changed.append(sum(int((new[n] != masks[n]).sum()) for n in masks))
+        replace_masks(masks, new)
+        mask_optimizer_state(opt, model, masks)
+
+    train_classifier(model, data, epochs=3, lr=0.05, optimizer="sgd", momentum=0.9, batch_size=32, masks=masks,
+                     on_gradients=regrow)
+    assert {n: int(m.sum()) for n, m in masks.items()} == counts
+    assert min(changed) > 0
+    params = dict(model.named_parameters())
+    assert all(bool((params[n][~m] == 0).all()) for n, m in masks.items())
