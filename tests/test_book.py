@@ -183,6 +183,8 @@ def test_claim_raises_when_the_outcome_is_not_the_expected_one(shown, holds, exp
         ({"measured": {}}, ValueError, "non-empty dict"),
         ({"measured": {"a": "high"}}, TypeError, r"measured\['a'\] must be a real number"),
         ({"measured": {"a": True}}, TypeError, "must be a real number"),
+        ({"measured": {"a": float("inf")}}, ValueError, r"measured\['a'\] must be finite"),
+        ({"measured": {"a": np.nan}}, ValueError, "must be finite"),
         ({"statement": "  "}, ValueError, "statement must be a non-empty string"),
         ({"why": ""}, ValueError, "why must be a non-empty string"),
     ],

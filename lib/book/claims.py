@@ -41,6 +41,11 @@ def _check_measured(measured: object) -> dict[str, float]:
             raise TypeError(f"measured keys must be non-empty strings, got {name!r}")
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(f"measured[{name!r}] must be a real number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(
+                f"measured[{name!r}] must be finite, got {value}: report a bound (e.g. the step budget) and say "
+                "'not reached' in the statement or the name"
+            )
         checked[name] = float(value)
     return checked
 
