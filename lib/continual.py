@@ -36,6 +36,7 @@ from lib.pruning import (
     random_masks_at_densities,
     replace_masks,
 )
+from lib.sparse_training import masked_init_scale
 from lib.validation import check_positive_int
 
 DISTRIBUTIONS = ("ERK", "uniform")
@@ -280,15 +281,6 @@ def growth_scores(
 # --- the continual learner
 
 
-def _fan_in_scale(mask: torch.Tensor) -> float:
-    """``1 / sqrt(density)`` of a layer mask: restores the dense pre-activation variance of a sparse layer.
-
-    (Private until ``lib.sparse_training.masked_init_scale`` is shared.)
-    """
-    density = mask.double().mean().item()
-    return 1.0 / math.sqrt(density) if density > 0 else 1.0
-
-
 @dataclass(frozen=True)
 class TaskConfig:
     """How one task is trained: ``density`` and ``distribution`` of its body mask, ``growth`` mode
@@ -394,7 +386,7 @@ class SparseContinualNet:
         params = dict(work.named_parameters())
         with torch.no_grad():
             for name in body:
-                params[name][masks[name] & ~used[name]] *= _fan_in_scale(masks[name])
+                params[name][masks[name] & ~used[name]] *= masked_init_scale(masks[name]).item()
 
         n_steps = config.epochs * math.ceil(data.X_train.shape[0] / config.batch_size)
         generator = torch.Generator().manual_seed(int(seed) + 1)
