@@ -119,6 +119,22 @@ def _check_weights(weights: Mapping[str, torch.Tensor], masks: Masks) -> None:
             )
 
 
+def _smallest_positions(scores: torch.Tensor, candidates: torch.Tensor, n: int) -> torch.Tensor:
+    """Flat indices of the ``n`` candidate entries of smallest score, ties broken by the lowest flat index.
+
+    Linear time: the ``n``-th smallest candidate score is found with ``kthvalue``; every candidate below it is
+    taken, and the remaining places go to the candidates equal to it in index order (what a stable sort gives).
+    """
+    candidate_index = candidates.reshape(-1).nonzero().reshape(-1)
+    if n == 0:
+        return candidate_index[:0]
+    candidate_scores = scores.detach().reshape(-1)[candidate_index]
+    threshold = torch.kthvalue(candidate_scores, n).values
+    below = candidate_index[candidate_scores < threshold]
+    tied = candidate_index[candidate_scores == threshold][: n - len(below)]
+    return torch.cat([below, tied])
+
+
 def prune_smallest_scores(scores: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
     """A copy of ``mask`` without its ``n_remove`` kept entries of smallest score (ties: lowest flat index).
 
@@ -132,11 +148,8 @@ def prune_smallest_scores(scores: torch.Tensor, mask: torch.Tensor, n_remove: in
     n_kept = int(mask.sum())
     if isinstance(n_remove, bool) or not isinstance(n_remove, int) or not 0 <= n_remove <= n_kept:
         raise ValueError(f"n_remove must be an int in [0, {n_kept}] (the kept entries), got {n_remove!r}")
-    by_score = torch.sort(scores.detach().reshape(-1), stable=True).indices
-    kept_first = torch.sort((~mask.reshape(-1)[by_score]).to(torch.uint8), stable=True).indices
-    order = by_score[kept_first]
     new_mask = mask.clone()
-    new_mask.view(-1)[order[:n_remove]] = False
+    new_mask.view(-1)[_smallest_positions(scores, mask, n_remove)] = False
     return new_mask
 
 
@@ -398,11 +411,9 @@ def prune_to_density_global(weights: Mapping[str, torch.Tensor], masks: Masks, d
 
 
 def _largest_inactive(scores: torch.Tensor, allowed: torch.Tensor, n_grow: int) -> torch.Tensor:
-    """Bool tensor marking the ``n_grow`` allowed entries of largest score (ties: lowest flat index)."""
-    flat = torch.where(allowed, scores.detach().abs(), torch.full_like(scores, -1.0)).reshape(-1)
-    order = torch.sort(-flat, stable=True).indices[:n_grow]
-    grown = torch.zeros(flat.shape, dtype=torch.bool)
-    grown[order] = True
+    """Bool tensor marking the ``n_grow`` allowed entries of largest ``|score|`` (ties: lowest flat index)."""
+    grown = torch.zeros(scores.numel(), dtype=torch.bool)
+    grown[_smallest_positions(-scores.detach().abs(), allowed, n_grow)] = True
     return grown.reshape(scores.shape)
 
 

@@ -667,3 +667,16 @@ def test_dynamic_sparse_training_keeps_the_density():
     assert min(changed) > 0
     params = dict(model.named_parameters())
     assert all(bool((params[n][~m] == 0).all()) for n, m in masks.items())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=1, max_size=40), st.data())
+def test_prune_smallest_scores_breaks_ties_by_the_lowest_index(entries, data):
+    scores = torch.tensor([float(s) for s, _ in entries])
+    mask = torch.tensor([kept for _, kept in entries])
+    n_remove = data.draw(st.integers(0, int(mask.sum())))
+    kept = [i for i in range(len(entries)) if entries[i][1]]
+    removed = sorted(kept, key=lambda i: (entries[i][0], i))[:n_remove]
+    expected = mask.clone()
+    expected[removed] = False
+    assert torch.equal(prune_smallest_scores(scores, mask, n_remove), expected)
