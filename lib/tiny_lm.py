@@ -76,10 +76,8 @@ class CharTokenizer:
         length = longest if length is None else length
         if length < longest:
             raise ValueError(f"length {length} is shorter than the longest sequence ({longest})")
-        batch = torch.full((len(sequences), length), self.pad_id, dtype=torch.int64)
-        for row, seq in enumerate(sequences):
-            batch[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.int64)
-        return batch
+        rows = [list(seq) + [self.pad_id] * (length - len(seq)) for seq in sequences]
+        return torch.tensor(rows, dtype=torch.int64)
 
 
 def rotary_tables(length: int, head_dim: int, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
