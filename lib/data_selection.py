@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 
-from lib.validation import check_generator, check_positive_int
+from lib.validation import check_generator, check_positive_int, check_positive_real
 
 # ----------------------------------------------------------------------------------------------------------------
 # input checks
@@ -28,14 +28,6 @@ def _check_fraction(value: object, name: str, *, closed_right: bool = True) -> f
     if not (np.isfinite(value) and value >= 0 and upper_ok):
         interval = "[0, 1]" if closed_right else "[0, 1)"
         raise ValueError(f"{name} must lie in {interval}, got {value}")
-    return float(value)
-
-
-def _check_positive_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
 
 
@@ -175,8 +167,8 @@ def make_pool(
         raise ValueError(f"n_test must be >= n_topics ({n_topics}), got {n_test}")
     noisy_frac = _check_fraction(noisy_frac, "noisy_frac", closed_right=False)
     noise_rate = _check_fraction(noise_rate, "noise_rate")
-    center_scale = _check_positive_real(center_scale, "center_scale")
-    off_std = _check_positive_real(off_std, "off_std")
+    center_scale = check_positive_real(center_scale, "center_scale")
+    off_std = check_positive_real(off_std, "off_std")
     rng = np.random.default_rng(seed)
 
     sizes = zipf_topic_sizes(n, n_topics, zipf)
@@ -219,8 +211,8 @@ class RandomFeatureLogistic:
         self.dim = check_positive_int(dim, "dim")
         self.n_classes = check_positive_int(n_classes, "n_classes", minimum=2)
         n_features = check_positive_int(n_features, "n_features")
-        gamma = _check_positive_real(gamma, "gamma")
-        self.C = _check_positive_real(C, "C")
+        gamma = check_positive_real(gamma, "gamma")
+        self.C = check_positive_real(C, "C")
         self.max_iter = check_positive_int(max_iter, "max_iter")
         rng = np.random.default_rng(seed)
         self.weights = rng.normal(0.0, np.sqrt(2 * gamma), (self.dim, n_features))
@@ -455,7 +447,7 @@ def softmax(scores: object, temperature: float = 1.0) -> np.ndarray:
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 1 or scores.size == 0 or not np.all(np.isfinite(scores)):
         raise ValueError("scores must be a non-empty 1-d array of finite numbers")
-    z = scores / _check_positive_real(temperature, "temperature")
+    z = scores / check_positive_real(temperature, "temperature")
     w = np.exp(z - z.max())
     return w / w.sum()
 
@@ -595,7 +587,7 @@ def select_iterative(
         raise ValueError(f"rounds must be <= budget ({budget}), got {rounds}")
     if allocation not in ("quota", "draw"):
         raise ValueError(f"allocation must be 'quota' or 'draw', got {allocation!r}")
-    temperature = _check_positive_real(temperature, "temperature")
+    temperature = check_positive_real(temperature, "temperature")
     rng = check_generator(rng)
     sizes = np.bincount(labels, minlength=_cluster_count(labels, n_clusters))
     per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]

@@ -19,18 +19,10 @@ import numpy as np
 from scipy import integrate
 from scipy.stats import ortho_group
 
-from lib.validation import check_generator, check_positive_int
+from lib.validation import check_generator, check_positive_int, check_positive_real
 
 INITS = ("gaussian", "orthogonal")
 DIVERGED_LOSS_FACTOR = 1e6  # a run whose loss exceeds this multiple of its initial loss has diverged
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
 
 
 def _check_matrix(value: object, name: str) -> np.ndarray:
@@ -165,7 +157,7 @@ def train_linear_net(
     """Full-batch gradient descent W_l <- W_l - lr dL/dW_l on the population loss, all layers at once."""
     layers = _check_weights(weights)
     correlation = _check_correlation(layers, correlation)
-    lr = _check_positive(lr, "lr")
+    lr = check_positive_real(lr, "lr")
     n_steps = check_positive_int(n_steps, "n_steps")
     record_every = check_positive_int(record_every, "record_every")
     losses, steps, products = np.empty(n_steps + 1), [], []
@@ -194,7 +186,7 @@ def mode_strengths(product: np.ndarray, U: np.ndarray, V: np.ndarray) -> np.ndar
 
 
 def _check_mode(s: object, u0: object) -> tuple[float, float]:
-    return _check_positive(s, "s"), _check_positive(u0, "u0")
+    return check_positive_real(s, "s"), check_positive_real(u0, "u0")
 
 
 def analytic_mode_2layer(t: np.ndarray | float, s: float, u0: float, tau: float) -> np.ndarray:
@@ -203,7 +195,7 @@ def analytic_mode_2layer(t: np.ndarray | float, s: float, u0: float, tau: float)
     It solves tau du/dt = 2u(s - u), u(0) = u0: one mode of a 2-layer network started balanced and decoupled.
     """
     s, u0 = _check_mode(s, u0)
-    tau = _check_positive(tau, "tau")
+    tau = check_positive_real(tau, "tau")
     growth = np.exp(np.minimum(2 * s * np.asarray(t, dtype=float) / tau, 700.0))
     return s * growth / (growth - 1 + s / u0)
 
@@ -211,7 +203,7 @@ def analytic_mode_2layer(t: np.ndarray | float, s: float, u0: float, tau: float)
 def time_to_learn(s: float, u0: float, uf: float, tau: float) -> float:
     """Time for the 2-layer sigmoid to go from u0 to uf: tau/(2s) ln(uf (s - u0) / (u0 (s - uf)))."""
     s, u0 = _check_mode(s, u0)
-    uf, tau = _check_positive(uf, "uf"), _check_positive(tau, "tau")
+    uf, tau = check_positive_real(uf, "uf"), check_positive_real(tau, "tau")
     if not (u0 < uf < s or s < uf < u0):
         raise ValueError(f"uf must lie strictly between u0={u0} and s={s}, got {uf}")
     return tau / (2 * s) * np.log(uf * (s - u0) / (u0 * (s - uf)))
@@ -228,7 +220,7 @@ def deep_mode_rhs(u: np.ndarray | float, s: float, depth: int | float) -> np.nda
 
     With D = 2 this is the 2-layer equation tau du/dt = 2u(s - u).
     """
-    s = _check_positive(s, "s")
+    s = check_positive_real(s, "s")
     depth = _check_depth(depth)
     if depth == np.inf:
         raise ValueError("depth must be a finite int >= 2 for deep_mode_rhs")
@@ -241,7 +233,7 @@ def deep_mode_rhs(u: np.ndarray | float, s: float, depth: int | float) -> np.nda
 def deep_mode_trajectory(t: np.ndarray, s: float, u0: float, depth: int, tau: float) -> np.ndarray:
     """u(t) for the deep reduction tau du/dt = D u^(2-2/D) (s - u), u(0) = u0, integrated with solve_ivp."""
     s, u0 = _check_mode(s, u0)
-    tau = _check_positive(tau, "tau")
+    tau = check_positive_real(tau, "tau")
     times = np.asarray(t, dtype=float)
     if times.ndim != 1 or times.size == 0 or np.any(np.diff(times) < 0) or times[0] < 0:
         raise ValueError("t must be a non-empty, non-decreasing 1-D array of times >= 0")
@@ -265,7 +257,7 @@ def deep_time_to_learn(s: float, u0: float, uf: float, depth: int | float, tau: 
     result is the finite limit tau/D * integral of du / (u^2 (s - u)).
     """
     s, u0 = _check_mode(s, u0)
-    uf, tau = _check_positive(uf, "uf"), _check_positive(tau, "tau")
+    uf, tau = check_positive_real(uf, "uf"), check_positive_real(tau, "tau")
     depth = _check_depth(depth)
     if not (u0 < uf < s or s < uf < u0):
         raise ValueError(f"uf must lie strictly between u0={u0} and s={s}, got {uf}")
@@ -288,7 +280,7 @@ def decoupled_gradient_descent(
     (n_steps + 1, *broadcast shape).
     """
     depth = check_positive_int(depth, "depth")
-    lr, n_steps = _check_positive(lr, "lr"), check_positive_int(n_steps, "n_steps")
+    lr, n_steps = check_positive_real(lr, "lr"), check_positive_int(n_steps, "n_steps")
     s, a = np.broadcast_arrays(np.asarray(s, dtype=float), np.asarray(a0, dtype=float))
     if not (np.all(np.isfinite(s)) and np.all(np.isfinite(a))):
         raise ValueError("s and a0 must be finite")
@@ -336,7 +328,7 @@ def init_decoupled(
 def init_gaussian(n: int, depth: int, rng: np.random.Generator, gain: float = 1.0) -> list[np.ndarray]:
     """``depth`` square n x n layers with independent N(0, gain^2 / n) entries (scaled Gaussian init)."""
     n, depth = check_positive_int(n, "n"), check_positive_int(depth, "depth")
-    gain = _check_positive(gain, "gain")
+    gain = check_positive_real(gain, "gain")
     check_generator(rng)
     return [rng.normal(0.0, gain / np.sqrt(n), size=(n, n)) for _ in range(depth)]
 
@@ -344,7 +336,7 @@ def init_gaussian(n: int, depth: int, rng: np.random.Generator, gain: float = 1.
 def init_orthogonal(n: int, depth: int, rng: np.random.Generator, gain: float = 1.0) -> list[np.ndarray]:
     """``depth`` square layers gain * Q_l with Q_l Haar-random orthogonal n x n matrices."""
     n, depth = check_positive_int(n, "n", 2), check_positive_int(depth, "depth")
-    gain = _check_positive(gain, "gain")
+    gain = check_positive_real(gain, "gain")
     check_generator(rng)
     return [gain * ortho_group.rvs(n, random_state=rng) for _ in range(depth)]
 
@@ -352,7 +344,7 @@ def init_orthogonal(n: int, depth: int, rng: np.random.Generator, gain: float = 
 def init_small_random(n: int, depth: int, scale: float, rng: np.random.Generator) -> list[np.ndarray]:
     """``depth`` square n x n layers with independent N(0, scale^2) entries (a small random start)."""
     n, depth = check_positive_int(n, "n"), check_positive_int(depth, "depth")
-    scale = _check_positive(scale, "scale")
+    scale = check_positive_real(scale, "scale")
     check_generator(rng)
     return [rng.normal(0.0, scale, size=(n, n)) for _ in range(depth)]
 
@@ -441,11 +433,11 @@ def depth_sweep(
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     depth_list = [check_positive_int(d, "depths[i]") for d in depths]
-    rate_list = [_check_positive(lr, "lrs[i]") for lr in lrs]
+    rate_list = [check_positive_real(lr, "lrs[i]") for lr in lrs]
     if not depth_list or not rate_list:
         raise ValueError("depths and lrs must be non-empty")
     check_positive_int(seed, "seed", 0)
-    criterion = _check_positive(criterion, "criterion")
+    criterion = check_positive_real(criterion, "criterion")
     if criterion >= 1:
         raise ValueError(f"criterion must be in (0, 1), got {criterion}")
     max_steps = check_positive_int(max_steps, "max_steps")

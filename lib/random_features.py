@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg
 
-from lib.validation import check_generator, check_positive_int
+from lib.validation import check_generator, check_positive_int, check_positive_real
 
 
 def _gaussian(t: np.ndarray) -> np.ndarray:
@@ -39,14 +39,6 @@ def _check_activation(activation: object) -> Callable[[np.ndarray], np.ndarray]:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     return ACTIVATIONS[activation]
-
-
-def _check_bound(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
 
 
 def _check_ridge(ridge: object) -> float:
@@ -79,8 +71,8 @@ def sample_hidden_parameters(
     """
     n_features = check_positive_int(n_features, "n_features")
     dim = check_positive_int(dim, "dim")
-    weight_bound = _check_bound(weight_bound, "weight_bound")
-    bias_bound = weight_bound if bias_bound is None else _check_bound(bias_bound, "bias_bound")
+    weight_bound = check_positive_real(weight_bound, "weight_bound")
+    bias_bound = weight_bound if bias_bound is None else check_positive_real(bias_bound, "bias_bound")
     rng = check_generator(rng)
     weights = rng.uniform(-weight_bound, weight_bound, size=(n_features, dim))
     biases = rng.uniform(-bias_bound, bias_bound, size=n_features)
@@ -186,8 +178,8 @@ def box_quadrature(weight_bound: float, bias_bound: float | None = None, quad_n:
     change fast, e.g. steep tanh units). Returns ``(weights, biases, quadrature_weights)``, flat arrays over the
     ``(panels * quad_n)^2`` nodes, with quadrature weights summing to 1.
     """
-    weight_bound = _check_bound(weight_bound, "weight_bound")
-    bias_bound = weight_bound if bias_bound is None else _check_bound(bias_bound, "bias_bound")
+    weight_bound = check_positive_real(weight_bound, "weight_bound")
+    bias_bound = weight_bound if bias_bound is None else check_positive_real(bias_bound, "bias_bound")
     quad_n = check_positive_int(quad_n, "quad_n")
     panels = check_positive_int(panels, "panels")
     nodes, node_weights = np.polynomial.legendre.leggauss(quad_n)  # on [-1, 1], weights sum to 2
@@ -265,7 +257,7 @@ def spectral_energy_outside(values: object, spacing: float, cutoff: float) -> fl
     samples = np.asarray(values, dtype=float)
     if samples.ndim not in (1, 2) or samples.shape[0] < 2:
         raise ValueError(f"values must have shape (n,) or (n, m) with n >= 2, got {samples.shape}")
-    spacing = _check_bound(spacing, "spacing")
+    spacing = check_positive_real(spacing, "spacing")
     if isinstance(cutoff, bool) or not isinstance(cutoff, int | float | np.integer | np.floating) or cutoff < 0:
         raise ValueError(f"cutoff must be a real number >= 0, got {cutoff!r}")
     power = np.abs(np.fft.rfft(samples, axis=0)) ** 2

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lib.validation import check_generator, check_positive_int
+from lib.validation import check_generator, check_positive_int, check_positive_real
 
 
 @pytest.mark.parametrize("value", [1, 7, np.int64(3), np.uint8(2)])
@@ -34,3 +34,11 @@ def test_a_larger_minimum_is_enforced():
     assert check_positive_int(4, "n_shares", minimum=4) == 4
     with pytest.raises(ValueError, match="n_shares must be >= 4, got 3"):
         check_positive_int(3, "n_shares", minimum=4)
+
+
+def test_check_positive_real():
+    assert check_positive_real(2, "x") == 2.0 and isinstance(check_positive_real(np.float32(0.5), "x"), float)
+    for bad, error in [(0, ValueError), (-1.5, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
+                       (True, TypeError), ("1", TypeError)]:
+        with pytest.raises(error, match="x must be"):
+            check_positive_real(bad, "x")
