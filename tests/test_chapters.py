@@ -75,6 +75,8 @@ def test_chapter_structure(path):
 
     prose = re.sub(r"```\{code-cell\}.*?```", "", text, flags=re.S)  # a `# comment` in code is no heading
     assert len(re.findall(r"^# \S", prose, re.M)) == 1, "one H1 title"
+    python_roles = re.findall(r"\{(?:py:\w+|mod|func|class|meth|attr|obj)\}`", prose)
+    assert not python_roles, f"the book has no Python API docs for {python_roles} roles to resolve: use `code`"
     headings = re.findall(r"^## +(.+?)\s*$", prose, re.M)
     assert [h for h in headings if h in SECTIONS] == SECTIONS, f"sections out of order or missing: {headings}"
 
