@@ -5,7 +5,7 @@ import pytest
 import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_symbolic import to_sympy
+from sympy_oracle import to_sympy
 
 from lib.egraph import LEAF, OP_COSTS, EGraph, cpu_cost_rules, expression_cost, node_cost, optimize, shared_cost
 from lib.symbolic import Slot, Tree, apply, evaluate, iscall, mass_action_rhs, random_reaction_network, rule, slots

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_toy_mwp import CLOSED_FORMS
+from mwp_oracle import CLOSED_FORMS
 
 from lib.infinity_math import (
     digit_ranges,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from mwp_oracle import CLOSED_FORMS
 
 from lib.safe_exec import safe_execute_many
 from lib.toy_mwp import (
@@ -15,13 +16,6 @@ from lib.toy_mwp import (
     sample_problems,
     template_by_name,
 )
-
-CLOSED_FORMS = {
-    "add": lambda a, b: a + b, "sell": lambda a, b: a - b, "boxes": lambda a, b: a * b,
-    "share": lambda a, b: a / b, "bus": lambda a, b, c: a - b + c, "discount": lambda a, p: a - a * p / 100,
-    "walkers": lambda a, p: a * p / 100, "shopping": lambda a, b, c: c * a + b, "drive": lambda a, b: a * b,
-    "savings": lambda a, b, c: c * a - c * b, "taller": lambda a, b: a - b, "orchard": lambda a, b, c: a * b - c,
-}
 
 
 def test_every_template_has_an_independent_closed_form():
