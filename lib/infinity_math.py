@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lib.safe_exec import ExecResult, safe_execute_many
-from lib.tiny_lm import CharTokenizer, TinyDecoder, complete_texts, train_lm
+from lib.tiny_lm import CharTokenizer, TinyDecoder, complete_texts, prompt_answer_batch, train_lm
 from lib.toy_mwp import (
     TEMPLATES,
     Problem,
@@ -234,17 +234,11 @@ def train_program_model(pairs: Sequence[tuple[str, str]], *, steps: int, seed: i
                         d_model: int = 64, n_layers: int = 2, lr: float = 3e-3) -> tuple[TinyDecoder, np.ndarray]:
     """Train a :class:`TinyDecoder` on ``<bos> prompt target <eos>`` with the loss on ``target <eos>`` only."""
     tokenizer = CharTokenizer(ALPHABET)
-    encoded = [(tokenizer.encode(p, bos=True), tokenizer.encode(t, eos=True)) for p, t in pairs]
-    max_len = max(len(p) + len(t) for p, t in encoded) + 40
+    max_len = max(len(p) + len(t) for p, t in pairs) + 2 + 40  # + <bos> and <eos>
     model = TinyDecoder(tokenizer.vocab_size, max_len=max_len, d_model=d_model, n_layers=n_layers, seed=seed)
 
     def batch(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [encoded[i] for i in rng.integers(0, len(encoded), batch_size)]
-        tokens = tokenizer.pad_batch([p + t for p, t in rows])
-        mask = torch.zeros_like(tokens, dtype=torch.bool)
-        for row, (p, t) in enumerate(rows):
-            mask[row, len(p): len(p) + len(t)] = True
-        return tokens, mask
+        return prompt_answer_batch(tokenizer, [pairs[i] for i in rng.integers(0, len(pairs), batch_size)])
 
     log = train_lm(model, batch, steps=steps, lr=lr, warmup=min(50, steps // 5), seed=seed)
     return model, log.losses

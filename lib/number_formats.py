@@ -22,7 +22,7 @@ from decimal import Decimal
 import numpy as np
 import torch
 
-from lib.tiny_lm import CharTokenizer, TinyDecoder
+from lib.tiny_lm import CharTokenizer, TinyDecoder, prompt_answer_batch
 from lib.validation import check_generator, check_positive_int
 
 DIGITS = "0123456789"
@@ -247,23 +247,6 @@ def comparison_example(a: str, b: str, *, fraction_width: int | None = None) -> 
     return f"{a},{b}=", answer
 
 
-def lm_batch(tokenizer: CharTokenizer, examples: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids ``<bos> prompt answer <eos>`` (right-padded) and the loss mask on ``answer <eos>``."""
-    if not examples:
-        raise ValueError("examples must not be empty")
-    sequences, starts, ends = [], [], []
-    for prompt, answer in examples:
-        prompt_ids = tokenizer.encode(prompt, bos=True)
-        sequences.append(prompt_ids + tokenizer.encode(answer, eos=True))
-        starts.append(len(prompt_ids))
-        ends.append(len(sequences[-1]))
-    length = max(ends)
-    tokens = torch.tensor([s + [tokenizer.pad_id] * (length - len(s)) for s in sequences], dtype=torch.int64)
-    position = torch.arange(tokens.shape[1])
-    loss_mask = (position >= torch.tensor(starts)[:, None]) & (position < torch.tensor(ends)[:, None])
-    return tokens, loss_mask
-
-
 @torch.no_grad()
 def teacher_forced_exact_match(model: TinyDecoder, tokenizer: CharTokenizer,
                                examples: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -272,7 +255,7 @@ def teacher_forced_exact_match(model: TinyDecoder, tokenizer: CharTokenizer,
     One forward pass on the true sequences: greedy decoding reproduces the answer if and only if the argmax
     is the true next token at every answer position (ties go to the lowest id, as in greedy generation).
     """
-    tokens, loss_mask = lm_batch(tokenizer, examples)
+    tokens, loss_mask = prompt_answer_batch(tokenizer, examples)
     model.eval()
     predicted = model(tokens[:, :-1]).argmax(dim=-1)
     correct = (predicted == tokens[:, 1:]) | ~loss_mask[:, 1:]

@@ -212,6 +212,27 @@ def masked_next_token_loss(model: TinyDecoder, tokens: torch.Tensor, loss_mask: 
     return (losses * mask).sum() / mask.sum()
 
 
+def prompt_answer_batch(
+    tokenizer: CharTokenizer, examples: Sequence[tuple[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``<bos> prompt answer <eos>`` (right-padded) and the loss mask on ``answer <eos>``.
+
+    The usual batch of a model that learns to answer prompts: the loss counts only the answer and its end token.
+    """
+    if not examples:
+        raise ValueError("examples must not be empty")
+    sequences, starts, ends = [], [], []
+    for prompt, answer in examples:
+        prompt_ids = tokenizer.encode(prompt, bos=True)
+        sequences.append(prompt_ids + tokenizer.encode(answer, eos=True))
+        starts.append(len(prompt_ids))
+        ends.append(len(sequences[-1]))
+    tokens = tokenizer.pad_batch(sequences)
+    position = torch.arange(tokens.shape[1])
+    loss_mask = (position >= torch.tensor(starts)[:, None]) & (position < torch.tensor(ends)[:, None])
+    return tokens, loss_mask
+
+
 @dataclass(frozen=True)
 class TrainLog:
     """Training loss per step and, every ``eval_every`` steps, what the ``evaluate`` callback returned."""

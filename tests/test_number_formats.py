@@ -24,13 +24,12 @@ from lib.number_formats import (
     comparison_example,
     decode_or_none,
     digit_metrics,
-    lm_batch,
     sample_decimal_pairs,
     sample_operands,
     symbol_to_chunk,
     teacher_forced_exact_match,
 )
-from lib.tiny_lm import CharTokenizer, TinyDecoder, complete_texts, generate
+from lib.tiny_lm import CharTokenizer, TinyDecoder, complete_texts, generate, prompt_answer_batch
 
 FORMATS = [NumberFormat(reverse=r, digits_per_token=d, index_hints=h)
            for r, d, h in itertools.product([False, True], [1, 3], [False, True])]
@@ -225,14 +224,14 @@ def test_comparison_bad_inputs():
 
 def test_lm_batch_masks_exactly_the_answer_and_eos():
     tokenizer = CharTokenizer("0123456789+=")
-    tokens, mask = lm_batch(tokenizer, [("1+2=", "3"), ("12+34=", "46")])
+    tokens, mask = prompt_answer_batch(tokenizer, [("1+2=", "3"), ("12+34=", "46")])
     assert tokens.shape == (2, 10)
     assert tokenizer.decode(tokens[1]) == "12+34=46"
     assert mask[0].tolist() == [False] * 5 + [True, True] + [False] * 3
     assert mask[1].tolist() == [False] * 7 + [True, True, True]
     assert tokens[0, mask[0]].tolist() == tokenizer.encode("3", eos=True)
     with pytest.raises(ValueError, match="empty"):
-        lm_batch(tokenizer, [])
+        prompt_answer_batch(tokenizer, [])
 
 
 def test_teacher_forced_exact_match_equals_greedy_generation():

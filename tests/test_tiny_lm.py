@@ -22,6 +22,7 @@ from lib.tiny_lm import (
     generate,
     masked_next_token_loss,
     n_parameters,
+    prompt_answer_batch,
     rotary_tables,
     train_lm,
     warmup_cosine,
@@ -220,3 +221,14 @@ def test_warmup_cosine_and_trainer_arguments():
         train_lm(model, lambda s, r: None, steps=0)
     with pytest.raises(ValueError, match="lr"):
         train_lm(model, lambda s, r: None, steps=5, lr=0)
+
+
+def test_prompt_answer_batch_by_hand():
+    tokenizer = CharTokenizer("ab=")
+    tokens, mask = prompt_answer_batch(tokenizer, [("a=", "b"), ("ab=", "ba")])
+    a, b, eq = tokenizer.encode("ab=")
+    assert tokens.tolist() == [[1, a, eq, b, 2, 0, 0], [1, a, b, eq, b, a, 2]]
+    assert mask.tolist() == [[False, False, False, True, True, False, False],
+                             [False, False, False, False, True, True, True]]
+    with pytest.raises(ValueError, match="examples"):
+        prompt_answer_batch(tokenizer, [])
