@@ -197,6 +197,35 @@ def embed(model: TinyDecoder, tokens: torch.Tensor, *, pooling: str = "weighted_
     return F.normalize(pooled, dim=1).numpy().astype(np.float64)
 
 
+def tfidf_embeddings(pool_tokens: torch.Tensor, query_tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm TF-IDF bag-of-tokens vectors (n, VOCAB_SIZE) of pool and query sequences; the stand-in for an
+    off-the-shelf embedder, with no language model involved.
+
+    Every token except ``<pad>``, ``<bos>`` and ``<eos>`` counts; the inverse document frequency is fitted on the
+    pool, smoothed as ``ln((1 + n) / (1 + df)) + 1``, and tokens the pool never contains are ignored.
+    """
+    counts = [_token_counts(t, name) for t, name in ((pool_tokens, "pool_tokens"), (query_tokens, "query_tokens"))]
+    document_frequency = (counts[0] > 0).sum(axis=0)
+    idf = np.where(document_frequency > 0, np.log((1 + len(counts[0])) / (1 + document_frequency)) + 1, 0.0)
+    vectors = [c * idf for c in counts]
+    if np.any(np.linalg.norm(vectors[1], axis=1) == 0):
+        raise ValueError("every query row needs at least one token that occurs in the pool")
+    pool_vectors, query_vectors = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in vectors)
+    return pool_vectors, query_vectors
+
+
+def _token_counts(tokens: torch.Tensor, name: str) -> np.ndarray:
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim != 2 or tokens.numel() == 0 or tokens.min() < 0 or tokens.max() >= VOCAB_SIZE:
+        raise ValueError(f"{name} must be a non-empty 2-D tensor of token ids in [0, {VOCAB_SIZE})")
+    counts = np.zeros((len(tokens), VOCAB_SIZE))
+    np.add.at(counts, (np.repeat(np.arange(len(tokens)), tokens.shape[1]), tokens.reshape(-1).numpy()), 1)
+    counts[:, [PAD, BOS, EOS]] = 0
+    if np.any(counts.sum(axis=1) == 0):
+        raise ValueError(f"every row of {name} needs at least one token other than <pad>, <bos>, <eos>")
+    return counts
+
+
 def rds_scores(E_pool: np.ndarray, E_query: np.ndarray) -> np.ndarray:
     """Cosine similarities (n_query, n_pool) between query and pool embeddings (rows normalised here)."""
     E_pool, E_query = np.asarray(E_pool, dtype=float), np.asarray(E_query, dtype=float)

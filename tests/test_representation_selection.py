@@ -3,9 +3,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
 from lib.representation_selection import (
+    BOS,
     EOS,
     MAX_LEN,
     PAD,
@@ -26,6 +28,7 @@ from lib.representation_selection import (
     random_select,
     rds_scores,
     round_robin_select,
+    tfidf_embeddings,
     weighted_mean_pool,
 )
 from lib.tiny_lm import TinyDecoder
@@ -191,3 +194,31 @@ def test_exact_match_scores_a_perfect_oracle_model():
 
     assert exact_match(Oracle(64, max_len=MAX_LEN, n_layers=1), tests) == 1.0
     assert exact_match(TinyDecoder(64, max_len=MAX_LEN, n_layers=1, seed=0), tests) < 0.5
+
+
+def as_words(tokens):
+    """Sequences as space-separated token ids without <pad>, <bos>, <eos>, for sklearn's vectoriser."""
+    return [" ".join(f"t{t}" for t in row.tolist() if t not in (PAD, BOS, EOS)) for row in tokens]
+
+
+def test_tfidf_embeddings_match_sklearn():
+    rng = np.random.default_rng(5)
+    pool, queries = make_pool(300, rng), make_items(np.array(TARGET_FAMILIES * 4), rng)
+    E_pool, E_query = tfidf_embeddings(pool.tokens, queries.tokens)
+    vectoriser = TfidfVectorizer(token_pattern=r"\S+", lowercase=False).fit(as_words(pool.tokens))
+    P = vectoriser.transform(as_words(pool.tokens)).toarray()
+    Q = vectoriser.transform(as_words(queries.tokens)).toarray()
+    assert np.allclose(E_query @ E_pool.T, Q @ P.T)
+    assert np.allclose(np.linalg.norm(E_pool, axis=1), 1) and np.allclose(np.linalg.norm(E_query, axis=1), 1)
+
+
+def test_tfidf_embeddings_ignore_tokens_unseen_in_the_pool_and_reject_bad_input():
+    pool = torch.tensor([[BOS, 20, 21, EOS], [BOS, 20, 22, EOS]])
+    E_pool, E_query = tfidf_embeddings(pool, torch.tensor([[BOS, 21, 40, PAD]]))
+    assert np.allclose(E_query[0, 40], 0) and np.isclose(E_query[0, 21], 1)
+    with pytest.raises(ValueError, match="occurs in the pool"):
+        tfidf_embeddings(pool, torch.tensor([[BOS, 40, EOS]]))
+    with pytest.raises(ValueError, match="pool_tokens"):
+        tfidf_embeddings(torch.tensor([[BOS, 99]]), pool)
+    with pytest.raises(ValueError, match="query_tokens"):
+        tfidf_embeddings(pool, torch.tensor([[BOS, EOS]]))
