@@ -287,17 +287,74 @@ def test_build_lists_the_chapters_of_the_toc_in_order(tmp_path):
         "chapters/a/one.md", "chapters/a/two.md"]
 
 
-def test_build_cache_key_changes_with_lib_and_requirements(tmp_path):
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "m.py").write_text("x = 1\n")
-    (tmp_path / "requirements.txt").write_text("numpy==2\n")
-    (tmp_path / "pyproject.toml").write_text("")
-    key = build.inputs_key(tmp_path)
-    assert build.inputs_key(tmp_path) == key
-    (tmp_path / "lib" / "m.py").write_text("x = 2\n")
-    changed_lib = build.inputs_key(tmp_path)
+def write_tree(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_chapter_dependencies_follow_lib_imports_transitively(tmp_path):
+    write_tree(tmp_path, {
+        "chapters/c.md": "```{code-cell} ipython3\nimport numpy\nfrom lib.a import f\nimport lib.d as d\n```\n",
+        "lib/a.py": "from lib.b import g\nfrom lib import (e,\n    h as k)\n",
+        "lib/b.py": "import os\n", "lib/c.py": "from lib.a import f\n", "lib/d.py": "", "lib/e.py": "",
+        "lib/h.py": "", "lib/__init__.py": "", "lib/book/__init__.py": "from lib.book.x import y\n",
+        "lib/book/x.py": "", "lib/book/z.py": ""})
+    names = [p.relative_to(tmp_path).as_posix() for p in build.chapter_dependencies(tmp_path / "chapters/c.md",
+                                                                                    tmp_path)]
+    assert names == ["lib/__init__.py", "lib/a.py", "lib/b.py", "lib/book/__init__.py", "lib/book/x.py",
+                     "lib/book/z.py", "lib/d.py", "lib/e.py", "lib/h.py"]
+
+
+def test_chapter_key_changes_with_its_dependencies_and_requirements_only(tmp_path):
+    write_tree(tmp_path, {"chapters/c.md": "from lib.a import f\n", "lib/a.py": "from lib.b import g\n",
+                          "lib/b.py": "x = 1\n", "lib/other.py": "y = 1\n", "lib/book/__init__.py": "",
+                          "requirements.txt": "numpy==2\n", "pyproject.toml": ""})
+    chapter = tmp_path / "chapters/c.md"
+    key = build.chapter_key(chapter, tmp_path)
+    (tmp_path / "lib/other.py").write_text("y = 2\n")
+    assert build.chapter_key(chapter, tmp_path) == key
+    (tmp_path / "lib/b.py").write_text("x = 2\n")
+    changed_lib = build.chapter_key(chapter, tmp_path)
     (tmp_path / "requirements.txt").write_text("numpy==3\n")
-    assert len({key, changed_lib, build.inputs_key(tmp_path)}) == 3
+    assert len({key, changed_lib, build.chapter_key(chapter, tmp_path)}) == 3
+
+
+def test_a_changed_module_drops_the_cached_executions_of_its_chapters_only(tmp_path, monkeypatch):
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    write_tree(tmp_path, {"one.md": "from lib.a import x\n", "two.md": "from lib.b import x\n", "lib/a.py": "",
+                          "lib/b.py": "", "lib/book/__init__.py": "", "requirements.txt": "", "pyproject.toml": ""})
+    chapters = [tmp_path / "one.md", tmp_path / "two.md"]
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build, "KEYS", tmp_path / "keys.json")
+    cache = get_cache(str(tmp_path / "cache"))
+
+    def cache_executions():
+        for path in chapters:
+            notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(path.read_text())])
+            cache.cache_notebook_bundle(CacheBundleIn(notebook, str(path)), check_validity=False, overwrite=True)
+
+    def cached():
+        return sorted(Path(record.uri).name for record in cache.list_cache_records())
+
+    cache_executions()
+    assert build.forget_stale_executions(cache, chapters) == chapters  # no keys recorded yet
+    assert cached() == []
+    cache_executions()
+    assert build.forget_stale_executions(cache, chapters) == []
+    (tmp_path / "lib/b.py").write_text("x = 1\n")
+    assert build.forget_stale_executions(cache, chapters) == [chapters[1]]
+    assert cached() == ["one.md"]
+
+
+def test_the_book_chapters_depend_on_their_modules():
+    deps = {p.relative_to(build.ROOT).as_posix() for p in build.chapter_dependencies(
+        build.ROOT / "chapters/llm-data/representation-selection.md")}
+    assert {"lib/representation_selection.py", "lib/tiny_lm.py", "lib/validation.py", "lib/book/build.py"} <= deps
+    assert "lib/pruning.py" not in deps
 
 
 class Script:
