@@ -79,7 +79,11 @@ def standardise(X_fit: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return scaled
 
 
-def digits_split(*, n_test: int = 597, n_val: int = 0, seed: int = 0) -> DataSplit:
+DIGITS_MAX_PIXEL = 16.0
+SCALINGS = ("standardise", "unit_interval")
+
+
+def digits_split(*, n_test: int = 597, n_val: int = 0, seed: int = 0, scaling: str = "standardise") -> DataSplit:
     """The book's digits split: stratified, seeded, standardised, as torch tensors.
 
     Parameters
@@ -91,10 +95,14 @@ def digits_split(*, n_test: int = 597, n_val: int = 0, seed: int = 0) -> DataSpl
         The lottery-ticket chapter uses ``n_val=200``, i.e. 1000 train / 200 validation / 597 test.
     seed:
         Seed of both splits; the default 0 is the book's fixed split.
-
-    The standardisation uses the mean and standard deviation of the final training part only, so no
-    information from validation or test points leaks into the features.
+    scaling:
+        ``"standardise"`` (default): each feature standardised with the mean and standard deviation of the final
+        training part only, so no information from validation or test points leaks into the features.
+        ``"unit_interval"``: pixels divided by 16, into [0, 1] (the same partition, not standardised; the
+        self-distillation chapter needs the raw input scale).
     """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
     _check_count("n_test", n_test, 10, DIGITS_N_SAMPLES - 20)
     _check_count("n_val", n_val, 0, DIGITS_N_SAMPLES - n_test - 10)
     if n_val != 0 and n_val < DIGITS_N_CLASSES:
@@ -107,9 +115,11 @@ def digits_split(*, n_test: int = 597, n_val: int = 0, seed: int = 0) -> DataSpl
         X_rest, X_val, y_rest, y_val = train_test_split(
             X_rest, y_rest, test_size=n_val, stratify=y_rest, random_state=seed + 1
         )
-        X_train, X_test, X_val = standardise(X_rest, X_test, X_val)
-    else:
-        X_train, X_test = standardise(X_rest, X_test)
+    parts = [X_rest, X_test] + ([X_val] if n_val else [])
+    parts = standardise(*parts) if scaling == "standardise" else [part / DIGITS_MAX_PIXEL for part in parts]
+    X_train, X_test = parts[:2]
+    if n_val:
+        X_val = parts[2]
 
     def features(a: np.ndarray | None) -> torch.Tensor | None:
         return None if a is None else torch.as_tensor(a, dtype=torch.float32)

@@ -17,43 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 from torch.nn import functional as F
 
-from lib.data import DIGITS_N_SAMPLES, DataSplit
 from lib.mlp import minibatch_order
 from lib.validation import check_generator, check_positive_int
 
 LOSSES = ("CE", "KL")
 INIT_MODES = ("interpolated", "neighborhood")
-
-
-DIGITS_MAX_PIXEL = 16.0
-
-
-def digits_unit_interval(*, n_test: int = 500, seed: int = 0) -> DataSplit:
-    """The digits images scaled to [0, 1] (pixel / 16), split like :func:`lib.data.digits_split` (stratified,
-    seeded, the same partition for the same ``n_test`` and ``seed``) but not standardised.
-
-    Self-distillation is sensitive to the input scale: the random teacher's features, and so the room left for
-    the student, depend on it. The default ``n_test=500`` leaves 1,297 unlabelled training images.
-    """
-    check_positive_int(n_test, "n_test", minimum=10)
-    if n_test > DIGITS_N_SAMPLES - 20:
-        raise ValueError(f"n_test must be in [10, {DIGITS_N_SAMPLES - 20}], got {n_test}")
-    check_positive_int(seed, "seed", minimum=0)
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=n_test, stratify=y, random_state=seed)
-    return DataSplit(
-        X_train=torch.as_tensor(X_train / DIGITS_MAX_PIXEL, dtype=torch.float32),
-        y_train=torch.as_tensor(y_train, dtype=torch.int64),
-        X_test=torch.as_tensor(X_test / DIGITS_MAX_PIXEL, dtype=torch.float32),
-        y_test=torch.as_tensor(y_test, dtype=torch.int64),
-    )
 
 
 def _check_widths(widths: Sequence[int], name: str) -> tuple[int, ...]:

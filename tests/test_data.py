@@ -60,6 +60,13 @@ def test_features_equal_sklearn_scaler_on_sklearn_split(raw_digits, n_val):
     if n_val:
         np.testing.assert_allclose(data.X_val.numpy(), scaler.transform(X_val), atol=1e-5)
         np.testing.assert_array_equal(data.y_val.numpy(), y_val)
+    unit = digits_split(n_val=n_val, scaling="unit_interval")
+    np.testing.assert_array_equal(unit.y_train.numpy(), y_rest)
+    np.testing.assert_allclose(unit.X_train.numpy(), X_rest / 16, atol=1e-7)
+    np.testing.assert_allclose(unit.X_test.numpy(), X_test / 16, atol=1e-7)
+    assert unit.X_train.min() == 0.0 and unit.X_train.max() == 1.0
+    if n_val:
+        np.testing.assert_allclose(unit.X_val.numpy(), X_val / 16, atol=1e-7)
 
 
 def test_parts_partition_the_dataset(raw_digits):
@@ -102,6 +109,7 @@ def test_standardise_constant_feature_is_only_centred():
         ({"n_val": 1195}, ValueError),
         ({"seed": -1}, ValueError),
         ({"seed": True}, TypeError),
+        ({"scaling": "minmax"}, ValueError),
     ],
 )
 def test_digits_split_rejects_bad_input(kwargs, error):

@@ -14,11 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from lib.data import digits_split, standardise
 from lib.self_distillation import (
     DinoHead,
     WeightNormLinear,
-    digits_unit_interval,
     distill,
     distill_loss,
     init_student,
@@ -374,17 +372,3 @@ def test_probes_reject_bad_inputs(probe):
         probe(X, y[:5], X, y, n_per_class=1, n_draws=1, rng=rng)
     with pytest.raises(ValueError, match="n_draws"):
         probe(X, y, X, y, n_per_class=1, n_draws=0, rng=rng)
-
-
-def test_digits_unit_interval_is_the_book_split_unstandardised():
-    unit = digits_unit_interval(n_test=500)
-    book = digits_split(n_test=500)
-    assert unit.X_train.shape == (1297, 64)
-    torch.testing.assert_close(unit.y_train, book.y_train)
-    torch.testing.assert_close(unit.y_test, book.y_test)
-    assert unit.X_train.min() == 0.0 and unit.X_train.max() == 1.0
-    standardised_train, standardised_test = standardise(16 * unit.X_train.numpy(), 16 * unit.X_test.numpy())
-    np.testing.assert_allclose(standardised_train, book.X_train.numpy(), atol=1e-4)
-    np.testing.assert_allclose(standardised_test, book.X_test.numpy(), atol=1e-4)
-    with pytest.raises(ValueError, match="n_test"):
-        digits_unit_interval(n_test=1790)
