@@ -18,6 +18,7 @@ change only the numbers.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Sequence
@@ -27,7 +28,14 @@ import numpy as np
 import torch
 
 from lib.safe_exec import ExecResult, safe_execute_many
-from lib.tiny_lm import CharTokenizer, TinyDecoder, complete_texts, prompt_answer_batch, train_lm
+from lib.tiny_lm import (
+    CharTokenizer,
+    TinyDecoder,
+    complete_texts,
+    prompt_answer_batch,
+    teacher_forced_exact_match,
+    train_lm,
+)
 from lib.toy_mwp import (
     TEMPLATES,
     Problem,
@@ -231,11 +239,21 @@ def training_pairs(problems: Sequence[Problem], fmt: str) -> list[tuple[str, str
 
 
 def train_program_model(pairs: Sequence[tuple[str, str]], *, steps: int, seed: int, batch_size: int = 32,
-                        d_model: int = 64, n_layers: int = 2, lr: float = 3e-3) -> tuple[TinyDecoder, np.ndarray]:
-    """Train a :class:`TinyDecoder` on ``<bos> prompt target <eos>`` with the loss on ``target <eos>`` only."""
+                        d_model: int = 64, n_layers: int = 2, lr: float = 3e-3,
+                        start_from: TinyDecoder | None = None) -> tuple[TinyDecoder, np.ndarray]:
+    """Train a :class:`TinyDecoder` on ``<bos> prompt target <eos>`` with the loss on ``target <eos>`` only.
+
+    With ``start_from``, a copy of that model is trained further (``d_model`` and ``n_layers`` are then ignored):
+    the continued fine-tuning of a model on a larger data set. The model passed in is left unchanged.
+    """
     tokenizer = CharTokenizer(ALPHABET)
-    max_len = max(len(p) + len(t) for p, t in pairs) + 2 + 40  # + <bos> and <eos>
-    model = TinyDecoder(tokenizer.vocab_size, max_len=max_len, d_model=d_model, n_layers=n_layers, seed=seed)
+    if start_from is None:
+        max_len = max(len(p) + len(t) for p, t in pairs) + 2 + 40  # + <bos> and <eos>
+        model = TinyDecoder(tokenizer.vocab_size, max_len=max_len, d_model=d_model, n_layers=n_layers, seed=seed)
+    elif isinstance(start_from, TinyDecoder):
+        model = copy.deepcopy(start_from)
+    else:
+        raise TypeError(f"start_from must be a TinyDecoder or None, got {type(start_from).__name__}")
 
     def batch(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return prompt_answer_batch(tokenizer, [pairs[i] for i in rng.integers(0, len(pairs), batch_size)])
@@ -244,12 +262,31 @@ def train_program_model(pairs: Sequence[tuple[str, str]], *, steps: int, seed: i
     return model, log.losses
 
 
+def greedy_matches_target(model: TinyDecoder, problems: Sequence[Problem], fmt: str) -> np.ndarray:
+    """Per problem, whether greedy decoding would write exactly the reference target (and then ``<eos>``): one
+    teacher-forced pass (:func:`lib.tiny_lm.teacher_forced_exact_match`) instead of token-by-token decoding."""
+    if not problems:
+        raise ValueError("problems must not be empty")
+    return teacher_forced_exact_match(model, CharTokenizer(ALPHABET), training_pairs(problems, fmt))
+
+
 def solve_rate(model: TinyDecoder, problems: Sequence[Problem], fmt: str, *,
                max_new_tokens: int = 24) -> tuple[np.ndarray, list[str]]:
-    """Per problem, whether the model's greedy program runs in the sandbox and returns the reference answer."""
-    tokenizer = CharTokenizer(ALPHABET)
-    targets = complete_texts(model, tokenizer, [p.question + SEPARATOR for p in problems],
-                             max_new_tokens=max_new_tokens)
+    """Per problem, whether the model's greedy program runs in the sandbox and returns the reference answer.
+
+    Returns the verdicts and the greedy programs. Problems whose greedy program is the reference target
+    (:func:`greedy_matches_target`) are not decoded token by token: their program is the target.
+    """
+    if max_new_tokens <= max(len(target) for _, target in training_pairs(problems, fmt)):
+        raise ValueError(f"max_new_tokens must exceed the longest target, got {max_new_tokens}")
+    matched = greedy_matches_target(model, problems, fmt)
+    targets = [target for _, target in training_pairs(problems, fmt)]
+    to_decode = [i for i in range(len(problems)) if not matched[i]]
+    if to_decode:
+        decoded = complete_texts(model, CharTokenizer(ALPHABET),
+                                 [problems[i].question + SEPARATOR for i in to_decode], max_new_tokens=max_new_tokens)
+        for i, text in zip(to_decode, decoded, strict=True):
+            targets[i] = text
     jobs = [program_from_target(t, fmt, p.question) for t, p in zip(targets, problems, strict=True)]
     results = safe_execute_many([source for source, _ in jobs], args=[args for _, args in jobs])
     correct = np.array([r.ok and answers_match(r.value, p.answer) for r, p in zip(results, problems, strict=True)])

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lib.tiny_lm import CharTokenizer, TinyDecoder, complete_texts
+from lib.tiny_lm import CharTokenizer, TinyDecoder, complete_texts, generate
 from lib.validation import check_generator, check_positive_int
 
 ALPHABET = "0123456789:"
@@ -213,16 +213,25 @@ def broken_step_rate(noise_type: str, intensity: float, n_digits: int, contamina
     return contamination * (2 * p + (n_steps - 2) * interior) / n_steps
 
 
-def encode_traces(tokenizer: CharTokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens ``<bos> text <eos>`` of equal-length examples and the loss mask: every token after the colon."""
-    if not texts:
-        raise ValueError("texts must not be empty")
-    if len({len(t) for t in texts}) != 1 or any(t.count(":") != 1 for t in texts):
-        raise ValueError("texts must have equal lengths and exactly one ':' each")
-    tokens = tokenizer.pad_batch([tokenizer.encode(t, bos=True, eos=True) for t in texts])
-    colon = texts[0].index(":") + 1  # position of ':' after <bos>
+def encode_examples(tokenizer: CharTokenizer, questions: np.ndarray,
+                    lines: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``<bos> question : lines <eos>`` of every example and the loss mask: every token after the colon.
+
+    The tokens of ``render_trace(question, lines)`` framed by ``<bos>`` and ``<eos>``, built for all rows at once.
+    """
+    questions = _check_questions(questions)
+    lines = np.asarray(lines)
+    if lines.shape != (len(questions), questions.shape[1] - 1) or not np.issubdtype(lines.dtype, np.integer):
+        raise ValueError(f"lines must be an integer array of shape {(len(questions), questions.shape[1] - 1)}")
+    if lines.size and (lines.min() < 0 or lines.max() >= MODULUS):
+        raise ValueError("lines must hold digits in 0..9")
+    digit_ids = np.array(tokenizer.encode("0123456789"))
+    column = np.ones((len(questions), 1), dtype=np.int64)
+    ids = np.concatenate([column * tokenizer.bos_id, digit_ids[questions], column * tokenizer.encode(":")[0],
+                          digit_ids[lines], column * tokenizer.eos_id], axis=1)
+    tokens = torch.from_numpy(ids.astype(np.int64))
     loss_mask = torch.zeros_like(tokens, dtype=torch.bool)
-    loss_mask[:, colon + 1:] = True
+    loss_mask[:, questions.shape[1] + 2:] = True  # after <bos>, the question and ':'
     return tokens, loss_mask
 
 
@@ -248,10 +257,42 @@ def fresh_clean_batches(tokenizer: CharTokenizer, n_digits: int,
 
     def batch(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         questions = random_questions(batch_size, n_digits, rng)
-        return encode_traces(tokenizer, [render_trace(q, s) for q, s in zip(questions, running_sums(questions),
-                                                                          strict=True)])
+        return encode_examples(tokenizer, questions, running_sums(questions))
 
     return batch
+
+
+@torch.no_grad()
+def greedy_decode_checked(model: TinyDecoder, prompts: torch.Tensor, guesses: torch.Tensor, *,
+                          eos_id: int) -> torch.Tensor:
+    """Greedy decoding of ``guesses.shape[1]`` tokens after each prompt, as ``tiny_lm.generate`` with ``eos_id``.
+
+    One teacher-forced pass over ``prompts + guesses`` gives the greedy token at every step for as long as the
+    model agrees with its guess (the prefix is then the guess itself); only rows that leave their guess are
+    decoded further step by step. With a good guess (the true answer) this costs about one forward pass.
+    """
+    if prompts.ndim != 2 or guesses.ndim != 2 or len(prompts) != len(guesses) or guesses.shape[1] < 1:
+        raise ValueError("prompts (n, P) and guesses (n, C >= 1) must be 2-d with the same number of rows")
+    n_new = guesses.shape[1]
+    model.eval()
+    logits = model(torch.cat([prompts, guesses], dim=1)[:, :-1])[:, prompts.shape[1] - 1:]
+    after_eos = torch.cumsum(guesses == eos_id, dim=1) - (guesses == eos_id).long() > 0
+    greedy = torch.where(after_eos, eos_id, logits.argmax(dim=-1))  # generate() repeats <eos> once written
+    agrees = greedy == guesses
+    first_miss = torch.where(agrees.all(dim=1), n_new, (~agrees).int().argmax(dim=1))
+    decoded = guesses.clone()
+    for miss in first_miss.unique().tolist():
+        if miss == n_new:
+            continue
+        rows = torch.nonzero(first_miss == miss)[:, 0]
+        decoded[rows, miss] = greedy[rows, miss]
+        rest = n_new - miss - 1
+        if rest:
+            prefix = torch.cat([prompts[rows], decoded[rows, :miss + 1]], dim=1)
+            continued = generate(model, prefix, max_new_tokens=rest, eos_id=eos_id)
+            ended = decoded[rows, miss] == eos_id
+            decoded[rows, miss + 1:] = torch.where(ended[:, None], eos_id, continued)
+    return decoded
 
 
 def _parse_digits(text: str, length: int) -> list[int] | None:
@@ -270,15 +311,21 @@ class TraceScores:
 def score_traces(model: TinyDecoder, tokenizer: CharTokenizer, questions: np.ndarray) -> TraceScores:
     """Let the model write the trace after ``question:`` greedily and score it against the true running sums.
 
+    The greedy decoding is ``greedy_decode_checked`` with the true trace as the guess: one teacher-forced pass,
+    then step-by-step decoding only for the questions on which the model leaves the true trace.
+
     ``answer_accuracy``: the last written value equals ``s_L`` (a malformed trace counts as wrong);
     ``line_accuracy``: share of the ``L - 1`` written values equal to the true ones;
     ``consistent_steps``: share of written steps that follow from the model's own previous line.
     """
     questions = _check_questions(questions)
     n_lines = questions.shape[1] - 1
-    prompts = ["".join(map(str, q)) + ":" for q in questions]
-    written = complete_texts(model, tokenizer, prompts, max_new_tokens=n_lines + 1)
     truth = running_sums(questions)
+    tokens, _ = encode_examples(tokenizer, questions, truth)
+    prompt_length = questions.shape[1] + 2  # <bos>, the question, ':'
+    new_tokens = greedy_decode_checked(model, tokens[:, :prompt_length], tokens[:, prompt_length:],
+                                       eos_id=tokenizer.eos_id)
+    written = [tokenizer.decode(row) for row in new_tokens]
     parsed = [_parse_digits(w, n_lines) for w in written]
     ok = np.array([p is not None for p in parsed])
     lines = np.array([p if p is not None else [-1] * n_lines for p in parsed])

@@ -233,6 +233,23 @@ def prompt_answer_batch(
     return tokens, loss_mask
 
 
+@torch.no_grad()
+def teacher_forced_exact_match(model: TinyDecoder, tokenizer: CharTokenizer,
+                               examples: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Per ``(prompt, answer)`` example, whether greedy decoding after ``<bos> prompt`` writes exactly ``answer``
+    and then ``<eos>``.
+
+    One teacher-forced forward pass instead of token-by-token decoding: by induction over the positions, greedy
+    decoding reproduces the answer if and only if the argmax is the true next token at every answer position (ties
+    go to the lowest id, as in :func:`generate`); with causal attention the right-padding changes nothing.
+    """
+    tokens, loss_mask = prompt_answer_batch(tokenizer, examples)
+    model.eval()
+    predicted = model(tokens[:, :-1]).argmax(dim=-1)
+    correct = (predicted == tokens[:, 1:]) | ~loss_mask[:, 1:]
+    return correct.all(dim=1).numpy()
+
+
 @dataclass(frozen=True)
 class TrainLog:
     """Training loss per step and, every ``eval_every`` steps, what the ``evaluate`` callback returned."""
@@ -263,6 +280,7 @@ def train_lm(
     seed: int = 0,
     evaluate: Callable[[TinyDecoder], object] | None = None,
     eval_every: int = 100,
+    fused: bool = False,
 ) -> TrainLog:
     """Train ``model`` in place with AdamW on batches ``batch(step, rng) -> (tokens, loss_mask)``.
 
@@ -270,7 +288,9 @@ def train_lm(
     gradients are clipped to norm ``clip``. ``weight_decay`` is 0 unless given (torch's AdamW would otherwise
     apply 0.01). ``rng`` is a numpy Generator seeded with ``seed``, so a task generator can draw fresh samples
     every step reproducibly. If ``evaluate`` is given it is called (in eval mode, without gradients) before
-    training, every ``eval_every`` steps and at the end.
+    training, every ``eval_every`` steps and at the end. ``fused=True`` uses PyTorch's fused AdamW kernel: the
+    same update, about 5x faster on CPU, equal to the default per-tensor loop up to float rounding (so runs are
+    reproducible with either, but not bit-identical between them).
     """
     check_positive_int(steps, "steps")
     check_positive_int(eval_every, "eval_every")
@@ -279,7 +299,10 @@ def train_lm(
     if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < steps:
         raise ValueError(f"warmup must be an int in [0, steps), got {warmup!r}")
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused must be True or False, got {fused!r}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay,
+                                  fused=True if fused else None)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: warmup_cosine(t, total=steps, warmup=warmup))
     losses = np.empty(steps)
     eval_steps: list[int] = []

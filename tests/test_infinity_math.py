@@ -5,12 +5,16 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mwp_oracle import CLOSED_FORMS
 
 from lib.infinity_math import (
+    ALPHABET,
+    SEPARATOR,
     digit_ranges,
+    greedy_matches_target,
     literal_target,
     make_plus_set,
     mask_numbers,
@@ -19,12 +23,15 @@ from lib.infinity_math import (
     program_of_variables,
     reinstantiate,
     reinstantiate_many,
+    solve_rate,
+    train_program_model,
     training_pairs,
     unmask,
     variable_target,
     verify,
 )
 from lib.safe_exec import ExecResult, safe_execute_many
+from lib.tiny_lm import CharTokenizer, complete_texts
 from lib.toy_mwp import TEMPLATES, answers_match, evaluate_expression, is_consistent, sample_problems, template_by_name
 
 
@@ -140,3 +147,58 @@ def test_digit_ranges_and_batch_errors():
         reinstantiate_many(["{n0}"], [], 2, [[(0, 1)]], np.random.default_rng(0))
     with pytest.raises(ValueError, match="low <= high"):
         reinstantiate("{n0}", "def solve(n0):\n    return n0\n", 2, [(5, 1)], np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def briefly_trained():
+    """A small decoder trained just enough that greedy decoding gets some variable programs right, some wrong."""
+    problems = sample_problems(3, np.random.default_rng(6))
+    model, losses = train_program_model(training_pairs(problems, "variable"), steps=40, seed=0, batch_size=16,
+                                        d_model=32, lr=1e-2)
+    return model, problems, losses
+
+
+def test_teacher_forced_check_equals_greedy_decoding(briefly_trained):
+    model, problems, _ = briefly_trained
+    for fmt in ("variable", "literal"):
+        pairs = training_pairs(problems, fmt)
+        decoded = complete_texts(model, CharTokenizer(ALPHABET), [p.question + SEPARATOR for p in problems],
+                                 max_new_tokens=24)
+        oracle = np.array([text == target for text, (_, target) in zip(decoded, pairs, strict=True)])
+        np.testing.assert_array_equal(greedy_matches_target(model, problems, fmt), oracle)
+    assert 0 < greedy_matches_target(model, problems, "variable").sum() < len(problems)  # both outcomes occur
+
+
+def test_continued_training_copies_the_start_model(briefly_trained):
+    model, problems, _ = briefly_trained
+    before = [p.detach().clone() for p in model.parameters()]
+    continued, losses = train_program_model(training_pairs(problems, "variable"), steps=5, seed=1, lr=1e-2,
+                                            start_from=model)
+    assert continued is not model and len(losses) == 5
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(before, continued.parameters(), strict=True))
+    with pytest.raises(TypeError, match="start_from"):
+        train_program_model(training_pairs(problems, "variable"), steps=5, seed=1, start_from="model")
+    with pytest.raises(ValueError, match="problems"):
+        greedy_matches_target(model, [], "variable")
+
+
+def in_process_value(expression, values):
+    try:
+        return eval(expression, {"__builtins__": {}}, {f"n{i}": v for i, v in enumerate(values)})  # noqa: S307
+    except Exception:  # noqa: BLE001 -- a garbled program is simply not a solution
+        return None
+
+
+def test_solve_rate_runs_the_greedy_programs(briefly_trained):
+    model, problems, _ = briefly_trained
+    solved, programs = solve_rate(model, problems, "variable", max_new_tokens=24)
+    decoded = complete_texts(model, CharTokenizer(ALPHABET), [p.question + SEPARATOR for p in problems],
+                             max_new_tokens=24)
+    assert programs == decoded
+    oracle = [answers_match(in_process_value(text, p.values), CLOSED_FORMS[p.template.name](*p.values))
+              for text, p in zip(programs, problems, strict=True)]
+    np.testing.assert_array_equal(solved, oracle)
+    assert 0 < solved.sum() < len(problems)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        solve_rate(model, problems, "variable", max_new_tokens=3)

@@ -1,7 +1,7 @@
 """Tests of lib/noisy_traces.py against independent oracles: a hand-written running sum, brute-force step-by-step
 recomputation of noised traces, exhaustive enumeration of mod-10 perturbations for the wrong-answer rate, Monte
 Carlo frequencies (binomial tests), and hand-coded rule "models" whose answers the scores and the probe must
-recover exactly."""
+recover exactly; the fused trainer and the checked greedy decoding against tiny_lm's train_lm and generate."""
 
 import itertools
 
@@ -17,9 +17,10 @@ from lib.noisy_traces import (
     ALPHABET,
     broken_step_rate,
     dynamic_noise,
-    encode_traces,
+    encode_examples,
     fixed_set_batches,
     fresh_clean_batches,
+    greedy_decode_checked,
     make_dataset,
     offset_sum_distribution,
     probe_corrupted_trace,
@@ -32,7 +33,7 @@ from lib.noisy_traces import (
     wrong_answer_rate,
     wrong_answer_upper_bound,
 )
-from lib.tiny_lm import CharTokenizer
+from lib.tiny_lm import CharTokenizer, TinyDecoder, generate
 
 TOKENIZER = CharTokenizer(ALPHABET)
 
@@ -146,14 +147,18 @@ def test_broken_step_rate_matches_the_measured_share(noise_type, intensity, cont
         assert binomtest(broken, data.lines.size, expected).pvalue > 1e-3
 
 
-def test_encode_traces_puts_the_loss_on_the_trace_and_eos_only():
-    tokens, mask = encode_traces(TOKENIZER, ["627327:85807", "111111:23456"])
+def test_encode_examples_puts_the_loss_on_the_trace_and_eos_only():
+    tokens, mask = encode_examples(TOKENIZER, np.array([[6, 2, 7, 3, 2, 7], [1, 1, 1, 1, 1, 1]]),
+                                   np.array([[8, 5, 8, 0, 7], [2, 3, 4, 5, 6]]))
     assert TOKENIZER.decode(tokens[0]) == "627327:85807"
-    assert tokens.shape == (2, 14)
+    assert tokens.shape == (2, 14) and tokens.dtype == torch.int64
     targets = [TOKENIZER.tokens[int(i)] for i in tokens[0][mask[0]]]
     assert targets == list("85807") + ["<eos>"]
+    data = make_dataset(30, 5, contamination=0.5, noise_type="dynamic", intensity=0.5, rng=np.random.default_rng(2))
+    tokens, mask = encode_examples(TOKENIZER, data.questions, data.lines)
+    assert tokens.tolist() == [TOKENIZER.encode(text, bos=True, eos=True) for text in data.texts()]
     batch = fixed_set_batches(tokens, mask, 5)(0, np.random.default_rng(0))
-    assert batch[0].shape == (5, 14) and batch[1].dtype == torch.bool
+    assert batch[0].shape == (5, 12) and batch[1].dtype == torch.bool
     fresh_tokens, fresh_mask = fresh_clean_batches(TOKENIZER, 6, 8)(0, np.random.default_rng(0))
     for row in fresh_tokens:
         question, lines = TOKENIZER.decode(row).split(":")
@@ -215,6 +220,44 @@ def test_probe_tells_a_trace_reader_from_a_recomputer():
     assert 0.5 < reader.last_line_clean < 0.7
 
 
+@pytest.mark.parametrize("model", [TinyDecoder(TOKENIZER.vocab_size, max_len=14, d_model=16, n_heads=2, seed=9),
+                                   RuleModel(reads_trace=True, lie=1)])
+def test_checked_greedy_decoding_equals_generate(model):
+    questions = random_questions(60, 6, np.random.default_rng(10))
+    tokens, _ = encode_examples(TOKENIZER, questions, running_sums(questions))
+    prompts = tokens[:, :8]
+    expected = generate(model, prompts, max_new_tokens=6, eos_id=TOKENIZER.eos_id)
+    rng = torch.Generator().manual_seed(0)
+    wrong_here = torch.rand(expected.shape, generator=rng) < 0.15
+    guesses = [expected,  # right everywhere: one pass
+               torch.where(wrong_here, torch.randint(2, 13, expected.shape, generator=rng),
+                           expected),  # wrong from some step on (<eos> and digits)
+               torch.randint(2, 13, expected.shape, generator=rng)]
+    for guess in guesses:
+        assert torch.equal(greedy_decode_checked(model, prompts, guess, eos_id=TOKENIZER.eos_id), expected)
+
+
+class EosThenFives(nn.Module):
+    """Prefers <eos> right after the prompt (4 tokens) and the digit 5 everywhere else."""
+
+    max_len = 32
+
+    def forward(self, tokens):
+        logits = torch.zeros(*tokens.shape, TOKENIZER.vocab_size)
+        logits[:, :, TOKENIZER.encode("5")[0]] = 1.0
+        logits[:, 3, TOKENIZER.eos_id] = 2.0
+        return logits
+
+
+def test_checked_greedy_decoding_repeats_eos_like_generate():
+    prompts = torch.tensor([TOKENIZER.encode("123", bos=True)] * 2)
+    five, eos = TOKENIZER.encode("5")[0], TOKENIZER.eos_id
+    expected = generate(EosThenFives(), prompts, max_new_tokens=4, eos_id=eos)
+    assert expected.tolist() == [[eos] * 4] * 2
+    guesses = torch.tensor([[eos, five, five, five], [five] * 4])  # the model agrees with the first up to <eos>
+    assert torch.equal(greedy_decode_checked(EosThenFives(), prompts, guesses, eos_id=eos), expected)
+
+
 def test_bad_inputs_raise_named_errors():
     rng = np.random.default_rng(0)
     q = random_questions(3, 4, rng)
@@ -250,9 +293,12 @@ def test_bad_inputs_raise_named_errors():
         wrong_answer_rate("static", 3.0, 6)
     with pytest.raises(ValueError, match="noise_type"):
         broken_step_rate("label", 0.3, 6)
-    with pytest.raises(ValueError, match="equal lengths"):
-        encode_traces(TOKENIZER, ["12:3", "123:45"])
-    with pytest.raises(ValueError, match="empty"):
-        encode_traces(TOKENIZER, [])
+    with pytest.raises(ValueError, match="lines must be an integer array of shape"):
+        encode_examples(TOKENIZER, np.array([[1, 2]]), np.array([[3, 4]]))
+    with pytest.raises(ValueError, match="lines must hold digits"):
+        encode_examples(TOKENIZER, np.array([[1, 2]]), np.array([[10]]))
+    with pytest.raises(ValueError, match="guesses"):
+        greedy_decode_checked(RuleModel(True), torch.ones(3, 4, dtype=torch.int64),
+                              torch.ones(2, 4, dtype=torch.int64), eos_id=2)
     with pytest.raises(ValueError, match=">= 3 digits"):
         probe_corrupted_trace(RuleModel(True), TOKENIZER, random_questions(3, 2, rng), 0.3, rng)

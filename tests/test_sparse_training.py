@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lib.data import DataSplit
-from lib.mlp import MLP, train_classifier
+from lib.mlp import MLP, evaluate, train_classifier
 from lib.pruning import erk_densities, full_masks, random_masks_at_densities
 from lib.sparse_training import (
     cosine_epoch_schedule,
@@ -21,6 +21,7 @@ from lib.sparse_training import (
     random_sparse_masks,
     scale_masked_init,
     train_static_sparse,
+    train_static_sparse_stacked,
 )
 
 # --- layerwise densities and random masks
@@ -273,3 +274,79 @@ def test_erk_densities_is_what_random_sparse_masks_use():
     masks = random_sparse_masks(model, 0.05, seed=0)
     for name, mask in masks.items():
         assert int(mask.sum()) == round(densities[name] * mask.numel())
+
+
+# --- several networks trained side by side
+
+
+def stacked_cases():
+    """Four 6 -> 16 -> 16 -> 3 networks: dense, two random masks, one mask on the middle layer only."""
+    models = [MLP((6, 16, 16, 3), seed=seed) for seed in (2, 3, 4, 5)]
+    densities = {"layers.0.weight": 0.5, "layers.1.weight": 0.25, "layers.2.weight": 0.75}
+    masks = [
+        full_masks(models[0]),
+        random_masks_at_densities(full_masks(models[1]), densities, seed=0),
+        random_masks_at_densities(full_masks(models[2]), densities, seed=1),
+        {"layers.1.weight": torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) < 0.3},
+    ]
+    return models, masks, [7, 8, 7, 9]
+
+
+@pytest.mark.parametrize(
+    ("momentum", "weight_decay", "scheduled", "scale_init"),
+    [(0.9, 5e-4, True, "layer"), (0.0, 0.0, False, None), (0.5, 1e-2, True, "unit")],
+)
+def test_stacked_training_matches_training_each_network_alone(momentum, weight_decay, scheduled, scale_init):
+    data = tiny_data()
+    settings_ = {"epochs": 3, "lr": 0.05, "momentum": momentum, "weight_decay": weight_decay, "batch_size": 16,
+                 "lr_schedule": cosine_epoch_schedule(epochs=3, steps_per_epoch=4) if scheduled else None}
+    models, masks, seeds = stacked_cases()
+    accuracies = train_static_sparse_stacked(models, data, masks, seeds=seeds, scale_init=scale_init, **settings_)
+    alone, _, _ = stacked_cases()
+    for model, reference, run_masks, seed, accuracy in zip(models, alone, masks, seeds, accuracies, strict=True):
+        history = train_static_sparse(
+            reference, data, run_masks, scale_init=scale_init, seed=seed, optimizer="sgd", **settings_
+        )
+        for (name, param), expected in zip(model.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(param, expected, rtol=1e-5, atol=1e-6, msg=name)
+            if name in run_masks:
+                assert (param[~run_masks[name]] == 0).all()
+        assert accuracy == history.final("test_acc") == evaluate(model, data.X_test, data.y_test)[0]
+
+
+def test_stacked_training_does_not_mix_the_networks():
+    # The same network and seed twice, next to a different one: both copies end up identical, and trained.
+    data = tiny_data()
+    models = [MLP((6, 16, 3), seed=1), MLP((6, 16, 3), seed=9), MLP((6, 16, 3), seed=1)]
+    initial = [p.detach().clone() for p in models[0].parameters()]
+    masks = [full_masks(model) for model in models]
+    accuracies = train_static_sparse_stacked(models, data, masks, seeds=[0, 4, 0], epochs=5, lr=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[2].parameters(), strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(models[0].parameters(), initial, strict=True))
+    assert accuracies[0] == accuracies[2]
+
+
+def test_train_static_sparse_stacked_rejects_bad_input():
+    data = tiny_data()
+    models, masks, seeds = stacked_cases()
+    good = {"seeds": seeds, "epochs": 1, "lr": 0.1}
+    with pytest.raises(TypeError, match="models"):
+        train_static_sparse_stacked([], data, [], seeds=[], epochs=1, lr=0.1)
+    with pytest.raises(TypeError, match="models"):
+        train_static_sparse_stacked([nn.Linear(6, 3)], data, [{}], seeds=[0], epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match="same widths"):
+        train_static_sparse_stacked([models[0], MLP((6, 8, 3))], data, masks[:2], seeds=[0, 1], epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match="one entry per model"):
+        train_static_sparse_stacked(models, data, masks[:3], **good)
+    with pytest.raises(ValueError, match="one entry per model"):
+        train_static_sparse_stacked(models, data, masks, **(good | {"seeds": seeds[:2]}))
+    with pytest.raises(ValueError, match="scale_init"):
+        train_static_sparse_stacked(models, data, masks, scale_init="row", **good)
+    with pytest.raises(ValueError, match="epochs"):
+        train_static_sparse_stacked(models, data, masks, **(good | {"epochs": 0}))
+    with pytest.raises(ValueError, match="lr"):
+        train_static_sparse_stacked(models, data, masks, **(good | {"lr": -1.0}))
+    with pytest.raises(ValueError, match="momentum"):
+        train_static_sparse_stacked(models, data, masks, momentum=1.0, **good)
+    with pytest.raises(ValueError, match="not a parameter"):
+        train_static_sparse_stacked(models, data, [{"w": torch.ones(1, dtype=torch.bool)}] * 4, **good)

@@ -24,6 +24,7 @@ from lib.tiny_lm import (
     n_parameters,
     prompt_answer_batch,
     rotary_tables,
+    teacher_forced_exact_match,
     train_lm,
     warmup_cosine,
 )
@@ -232,3 +233,44 @@ def test_prompt_answer_batch_by_hand():
                              [False, False, False, False, True, True, True]]
     with pytest.raises(ValueError, match="examples"):
         prompt_answer_batch(tokenizer, [])
+
+
+def test_teacher_forced_exact_match_equals_greedy_generation():
+    tokenizer = CharTokenizer(DIGITS + "+=")
+    model = TinyDecoder(tokenizer.vocab_size, max_len=16, position="learned", seed=3)
+    with torch.no_grad():  # sharpen a random model so that it ends its answers with <eos> now and then
+        model.head.weight.mul_(8.0)
+    rng = np.random.default_rng(0)
+    prompts = [f"{a}+{b}=" for a, b in rng.integers(0, 1000, size=(300, 2))]
+    greedy = complete_texts(model, tokenizer, prompts, max_new_tokens=6)
+    raw = [generate(model, tokenizer.pad_batch([tokenizer.encode(p, bos=True)]), max_new_tokens=6)[0].tolist()
+           for p in prompts]
+    readable = [(p, g) for p, g, ids in zip(prompts, greedy, raw, strict=True)  # no <pad>/<bos> generated
+                if tokenizer.eos_id in ids and min(ids[: ids.index(tokenizer.eos_id)], default=3) >= 3]
+    assert len(readable) >= 20, "the test needs completions that end with <eos>"
+    altered = [(p, g[:-1] + str((int(g[-1]) + 1) % 10)) for p, g in readable if g and g[-1].isdigit()]
+    assert len(altered) >= 10
+    assert teacher_forced_exact_match(model, tokenizer, readable).all()
+    assert not teacher_forced_exact_match(model, tokenizer, altered).any()
+    assert not teacher_forced_exact_match(model, tokenizer, [(p, g + "0") for p, g in readable]).any()
+
+
+def test_fused_adamw_follows_the_default_update():
+    tokenizer = CharTokenizer(DIGITS + ">")
+    texts = ["".join(map(str, row)) for row in np.random.default_rng(8).integers(0, 10, size=(64, 4))]
+    tokens, mask = prompt_answer_batch(tokenizer, [(t + ">", t[::-1]) for t in texts])
+
+    def batch(step, rng):
+        rows = torch.from_numpy(rng.integers(0, len(tokens), size=8))
+        return tokens[rows], mask[rows]
+
+    models = [TinyDecoder(tokenizer.vocab_size, max_len=11, d_model=16, n_heads=2, seed=3) for _ in range(2)]
+    settings = dict(steps=40, lr=1e-2, warmup=5, seed=4)
+    reference = train_lm(models[0], batch, **settings).losses
+    fused = train_lm(models[1], batch, fused=True, **settings).losses
+    assert reference[-1] < reference[0] - 0.3  # it learned something, so the comparison is not vacuous
+    np.testing.assert_allclose(fused, reference, rtol=1e-4)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # Adam magnifies rounding a little
+    with pytest.raises(TypeError, match="fused"):
+        train_lm(models[0], batch, steps=5, warmup=0, fused="yes")
