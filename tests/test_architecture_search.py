@@ -203,6 +203,17 @@ def test_train_stacked_matches_train_classifier_network_by_network():
     assert not torch.equal(nets[0].layers[0].weight, trained[0].layers[0].weight)  # inputs unchanged, copies out
 
 
+def test_train_stacked_accuracy_breaks_ties_towards_the_lowest_class_like_argmax():
+    X, y = toy_data(n=60, seed=3)
+    tied = MLP(WIDTHS, seed=0)
+    with torch.no_grad():
+        tied.layers[-1].weight.zero_()
+        tied.layers[-1].bias.fill_(0.5)  # every logit equal before the first step: argmax says class 0
+    _, train_acc = train_stacked([tied, MLP(WIDTHS, seed=1)], X, y, steps=1, lr=1e-3)
+    assert train_acc[0, 0] == pytest.approx(float((y == 0).double().mean()))
+    assert train_acc[1, 0] == pytest.approx(float((MLP(WIDTHS, seed=1)(X).argmax(dim=1) == y).double().mean()))
+
+
 def test_train_stacked_bad_inputs():
     X, y = toy_data()
     with pytest.raises(TypeError, match="networks"):
