@@ -7,12 +7,13 @@ Unicode range, so that :class:`lib.tiny_lm.CharTokenizer` still reads one token 
 index hint (a letter naming the place value) before every token.
 
 The tasks are integer addition and the comparison of two decimals that share their integer part (the
-"9.11 vs 9.9" case), with their labels, the split of comparisons into ``eq`` / ``safe`` / ``trap`` pairs, training
-batches with the loss on the answer, and the paper's metrics (exact match, digit match, length difference).
+"9.11 vs 9.9" case), with their labels, the split of comparisons into ``eq`` / ``safe`` / ``trap`` pairs,
+and the paper's metrics of predicted numbers (exact match, digit match, length difference).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -20,9 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
-import torch
 
-from lib.tiny_lm import CharTokenizer, TinyDecoder, prompt_answer_batch
 from lib.validation import check_generator, check_positive_int
 
 DIGITS = "0123456789"
@@ -159,8 +158,20 @@ def addition_example(a: int, b: int, fmt: NumberFormat, *, operand_width: int | 
     With ``operand_width`` the operands are zero-padded to that many digits and the sum to one more.
     """
     answer_width = None if operand_width is None else operand_width + 1
-    prompt = f"{fmt.encode(a, operand_width)}+{fmt.encode(b, operand_width)}="
-    return prompt, fmt.encode(int(a) + int(b), answer_width)
+    prompt = f"{_encode(fmt, a, operand_width)}+{_encode(fmt, b, operand_width)}="
+    return prompt, _encode(fmt, int(a) + int(b), answer_width)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _encode_cached(fmt: NumberFormat, n: int, width: int | None) -> str:
+    return fmt.encode(n, width)
+
+
+def _encode(fmt: NumberFormat, n: int, width: int | None) -> str:
+    """``fmt.encode(n, width)``, cached for integers: training draws the same few thousand numbers again and again."""
+    if isinstance(n, int | np.integer) and not isinstance(n, bool):
+        return _encode_cached(fmt, int(n), width)
+    return fmt.encode(n, width)
 
 
 def _check_decimal(x: str, name: str) -> tuple[str, str]:
@@ -245,21 +256,6 @@ def comparison_example(a: str, b: str, *, fraction_width: int | None = None) -> 
             texts.append(f"{integer}.{fraction.ljust(fraction_width, '0')}")
         a, b = texts
     return f"{a},{b}=", answer
-
-
-@torch.no_grad()
-def teacher_forced_exact_match(model: TinyDecoder, tokenizer: CharTokenizer,
-                               examples: Sequence[tuple[str, str]]) -> np.ndarray:
-    """Per example, whether greedy decoding of ``prompt`` would produce exactly ``answer`` and then ``<eos>``.
-
-    One forward pass on the true sequences: greedy decoding reproduces the answer if and only if the argmax
-    is the true next token at every answer position (ties go to the lowest id, as in greedy generation).
-    """
-    tokens, loss_mask = prompt_answer_batch(tokenizer, examples)
-    model.eval()
-    predicted = model(tokens[:, :-1]).argmax(dim=-1)
-    correct = (predicted == tokens[:, 1:]) | ~loss_mask[:, 1:]
-    return correct.all(dim=1).numpy()
 
 
 def decode_or_none(fmt: NumberFormat, text: str) -> int | None:
