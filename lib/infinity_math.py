@@ -277,14 +277,15 @@ def solve_rate(model: TinyDecoder, problems: Sequence[Problem], fmt: str, *,
     Returns the verdicts and the greedy programs. Problems whose greedy program is the reference target
     (:func:`greedy_matches_target`) are not decoded token by token: their program is the target.
     """
-    if max_new_tokens <= max(len(target) for _, target in training_pairs(problems, fmt)):
-        raise ValueError(f"max_new_tokens must exceed the longest target, got {max_new_tokens}")
     matched = greedy_matches_target(model, problems, fmt)
-    targets = [target for _, target in training_pairs(problems, fmt)]
+    pairs = training_pairs(problems, fmt)
+    targets = [target for _, target in pairs]
+    if max_new_tokens <= max(len(target) for target in targets):
+        raise ValueError(f"max_new_tokens must exceed the longest target, got {max_new_tokens}")
     to_decode = [i for i in range(len(problems)) if not matched[i]]
     if to_decode:
-        decoded = complete_texts(model, CharTokenizer(ALPHABET),
-                                 [problems[i].question + SEPARATOR for i in to_decode], max_new_tokens=max_new_tokens)
+        decoded = complete_texts(model, CharTokenizer(ALPHABET), [pairs[i][0] for i in to_decode],
+                                 max_new_tokens=max_new_tokens)
         for i, text in zip(to_decode, decoded, strict=True):
             targets[i] = text
     jobs = [program_from_target(t, fmt, p.question) for t, p in zip(targets, problems, strict=True)]
